@@ -1,0 +1,300 @@
+"""The trust policy: whose PROXY header is believed, whether it is required, how long it may take.
+
+A PROXY header states a client address that the receiver cannot check. Believing it from
+anyone but your own load balancer lets any client choose the address your app sees, so
+headers are believed only from the peers listed in ``trusted``, and a header from any
+other peer closes the connection. Every server adapter applies the same
+:class:`TrustPolicy` through :meth:`TrustPolicy.admission`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from functools import lru_cache
+from typing import Final, Literal, NamedTuple
+
+from .decoder import NEED_DATA, HeaderDecoder, NeedData, match_signature
+from .errors import (
+    ConfigurationError,
+    HeaderTimeout,
+    InvalidHeader,
+    MissingHeader,
+    NotAHeader,
+    ProxyProtocolError,
+    UntrustedHeader,
+)
+from .header import Address, ProxyHeader
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_TRUSTED",
+    "Admission",
+    "Admitted",
+    "Mode",
+    "TrustPolicy",
+    "log_rejection",
+    "logger",
+]
+
+logger = logging.getLogger("proxyproto_mw")
+
+DEFAULT_TRUSTED: Final = ("127.0.0.1", "::1")
+"""Loopback only, as gunicorn's and uvicorn's forwarded-address settings default to."""
+DEFAULT_TIMEOUT: Final = 10.0
+"""Seconds a trusted peer has to complete its header (as go-proxyproto; nginx allows 30)."""
+MINIMUM_TIMEOUT: Final = 3.0
+"""The specification asks that a header timeout cover a TCP retransmit."""
+
+TRUSTED_VARIABLE: Final = "PROXYPROTO_TRUSTED"
+MODE_VARIABLE: Final = "PROXYPROTO_MODE"
+TIMEOUT_VARIABLE: Final = "PROXYPROTO_TIMEOUT"
+
+
+class Mode(str, Enum):
+    """What a trusted peer must send."""
+
+    REQUIRE = "require"
+    """Every connection from a trusted peer starts with a header, or is closed (the default)."""
+    OPTIONAL = "optional"
+    """A trusted peer may send a header; connections without one keep the socket address.
+    Use it only where every trusted peer is yours and mixes plain and PROXY traffic."""
+    OFF = "off"
+    """No header is decoded; connections start with application bytes."""
+
+
+class Admitted(NamedTuple):
+    """A connection the policy lets through: its header (or None) and its first bytes."""
+
+    header: ProxyHeader | None
+    data: bytes
+
+
+def _parse_trusted(value: str | Iterable[str]) -> list[str]:
+    entries = value.split(",") if isinstance(value, str) else value
+    return [entry.strip() for entry in entries if entry.strip()]
+
+
+class TrustPolicy:
+    """Which peers may send a PROXY header, whether they must, and how long they may take.
+
+    - ``trusted``: IP addresses and CIDR networks (IPv4 and IPv6), as a list or a
+      comma-separated string; ``*`` trusts every peer, which is safe only where no client
+      can reach the port except through your load balancer. Default: loopback only.
+    - ``mode``: ``require`` (default), ``optional`` or ``off``; see :class:`Mode`.
+    - ``timeout``: seconds for the header to arrive, at least 3 (a TCP retransmit).
+    - ``versions``: header versions accepted (1, 2, or both).
+    - ``setting``: the name of the setting that lists trusted peers, used in log lines.
+
+    A peer that is not trusted is served as a plain connection with its own address; if
+    it sends a PROXY header, the connection is closed, whatever the mode.
+    """
+
+    __slots__ = (
+        "_addresses",
+        "_any",
+        "_match_network",
+        "_networks",
+        "mode",
+        "setting",
+        "timeout",
+        "trusted",
+        "versions",
+    )
+
+    def __init__(
+        self,
+        trusted: str | Iterable[str] = DEFAULT_TRUSTED,
+        mode: Mode | str = Mode.REQUIRE,
+        timeout: float = DEFAULT_TIMEOUT,
+        versions: Iterable[int] = (1, 2),
+        *,
+        setting: str = "trusted",
+    ) -> None:
+        self.setting = setting
+        self.trusted = tuple(_parse_trusted(trusted))
+        self._any = "*" in self.trusted
+        addresses: set[str] = set()
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in self.trusted:
+            if entry == "*":
+                continue
+            try:
+                if "/" in entry:
+                    networks.append(ipaddress.ip_network(entry, strict=False))
+                else:
+                    addresses.add(str(ipaddress.ip_address(entry)))
+            except ValueError:
+                raise ConfigurationError(
+                    f"{setting}: {entry!r} is neither an IP address, a CIDR network nor '*'"
+                ) from None
+        self._addresses = frozenset(addresses)
+        self._networks = tuple(networks)
+        self._match_network = lru_cache(maxsize=4096)(self._match_network_uncached)
+        try:
+            self.mode = Mode(mode.lower() if isinstance(mode, str) else mode)
+        except ValueError:
+            raise ConfigurationError(
+                f"mode: {mode!r} is not one of require, optional, off"
+            ) from None
+        if not isinstance(timeout, int | float) or not timeout >= MINIMUM_TIMEOUT:
+            raise ConfigurationError(
+                f"timeout: {timeout!r} must be a number of seconds, at least {MINIMUM_TIMEOUT:g}"
+            )
+        self.timeout = float(timeout)
+        self.versions = frozenset(versions)
+        if not self.versions or not self.versions <= {1, 2}:
+            raise ConfigurationError(f"versions: {sorted(self.versions)!r} must be 1, 2 or both")
+
+    @classmethod
+    def from_environ(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        trusted: str | Iterable[str] = DEFAULT_TRUSTED,
+        mode: Mode | str = Mode.REQUIRE,
+        timeout: float = DEFAULT_TIMEOUT,
+        versions: Iterable[int] = (1, 2),
+    ) -> TrustPolicy:
+        """A policy from ``PROXYPROTO_TRUSTED``, ``PROXYPROTO_MODE`` and ``PROXYPROTO_TIMEOUT``.
+
+        A variable that is unset keeps the given default; a variable set to a value that
+        cannot be used raises :class:`ConfigurationError` naming it.
+        """
+        env = os.environ if environ is None else environ
+        setting = "trusted"
+        if TRUSTED_VARIABLE in env:
+            trusted = env[TRUSTED_VARIABLE]
+            setting = TRUSTED_VARIABLE
+            if not trusted.strip():
+                raise ConfigurationError(
+                    f"{TRUSTED_VARIABLE} is empty: list the load balancers' addresses or networks"
+                )
+        if MODE_VARIABLE in env:
+            mode = env[MODE_VARIABLE].strip()
+        raw_timeout = env.get(TIMEOUT_VARIABLE)
+        if raw_timeout is not None:
+            try:
+                timeout = float(raw_timeout)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{TIMEOUT_VARIABLE}={raw_timeout!r} is not a number of seconds"
+                ) from None
+        try:
+            return cls(trusted, mode, timeout, versions, setting=setting)
+        except ConfigurationError as error:
+            raise ConfigurationError(_name_variable(str(error))) from None
+
+    def __repr__(self) -> str:
+        return (
+            f"TrustPolicy(trusted={','.join(self.trusted)!r}, mode={self.mode.value!r}, "
+            f"timeout={self.timeout:g}, versions={sorted(self.versions)!r})"
+        )
+
+    def trusts(self, host: str | None) -> bool:
+        """Whether a header from the peer at ``host`` (an IP address) is believed."""
+        if self._any:
+            return True
+        if host is None:
+            return False
+        if host in self._addresses:
+            return True
+        return self._match_network(host)
+
+    def _match_network_uncached(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+            if str(address) in self._addresses:
+                return True
+        return any(address in network for network in self._networks)
+
+    def admission(self, peer: Address | None) -> Admission | None:
+        """The admission for a new connection from ``peer``, or None when mode is ``off``."""
+        if self.mode is Mode.OFF:
+            return None
+        return Admission(self, peer)
+
+
+def _name_variable(message: str) -> str:
+    for field, variable in (("mode", MODE_VARIABLE), ("timeout", TIMEOUT_VARIABLE)):
+        if message.startswith(field + ":"):
+            return variable + message[len(field) :]
+    return message
+
+
+class Admission:
+    """One connection's way past the policy: feed its first bytes to :meth:`receive`.
+
+    It answers :data:`~proxyproto_mw.decoder.NEED_DATA` or :class:`Admitted`, or raises a
+    :class:`~proxyproto_mw.errors.ProxyProtocolError` whose message is the reason to close.
+    """
+
+    __slots__ = ("_decoder", "_policy", "peer", "trusted")
+
+    def __init__(self, policy: TrustPolicy, peer: Address | None) -> None:
+        self._policy = policy
+        self.peer = peer
+        self.trusted = policy.trusts(peer[0] if peer else None)
+        self._decoder = HeaderDecoder()
+
+    def receive(self, data: bytes) -> Admitted | Literal[NeedData.NEED_DATA]:
+        """Feed the connection's next bytes."""
+        if not self.trusted:
+            return self._receive_untrusted(data)
+        try:
+            decoded = self._decoder.feed(data)
+        except NotAHeader as error:
+            if self._policy.mode is Mode.REQUIRE:
+                raise MissingHeader(
+                    f"no PROXY header from trusted peer {self._host} "
+                    f"(mode is require; the connection starts with {error.data[:12]!r})"
+                ) from None
+            return Admitted(None, error.data)
+        if decoded is NEED_DATA:
+            return NEED_DATA
+        header = decoded.header
+        if header.version not in self._policy.versions:
+            accepted = " and ".join(f"v{v}" for v in sorted(self._policy.versions))
+            raise InvalidHeader(f"v{header.version} PROXY header, but only {accepted} accepted")
+        return Admitted(header, decoded.rest)
+
+    def _receive_untrusted(self, data: bytes) -> Admitted | Literal[NeedData.NEED_DATA]:
+        buffered = self._decoder.buffered + data if self._decoder.buffered else data
+        signature = match_signature(buffered)
+        if signature is None:
+            self._decoder.feed(data)
+            return NEED_DATA
+        if signature:
+            raise UntrustedHeader(
+                f"PROXY header from {self._host}, which is not trusted: it is not believed "
+                f"(add {self._host} to {self._policy.setting} if it is your load balancer)"
+            )
+        return Admitted(None, buffered)
+
+    @property
+    def _host(self) -> str:
+        return self.peer[0] if self.peer else "a peer without an IP address"
+
+    def timed_out(self) -> ProxyProtocolError:
+        """The error to log when the header did not arrive within the policy's timeout."""
+        received = len(self._decoder.buffered)
+        return HeaderTimeout(
+            f"no complete PROXY header within {self._policy.timeout:g} s "
+            f"({received} bytes received)"
+        )
+
+
+def log_rejection(peer: Address | str | None, error: ProxyProtocolError) -> None:
+    """Log, as one WARNING line, why a connection is closed."""
+    if isinstance(peer, tuple):
+        where = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+    else:
+        where = peer or "unknown peer"
+    logger.warning("closing connection from %s: %s", where, error)
