@@ -211,6 +211,28 @@ class ProxyHeader(NamedTuple):
         """True when the real connection's addresses apply (LOCAL, UNKNOWN, UNSPEC)."""
         return self.source is None and self.unix is None
 
+    def as_dict(self, peer: Address | None = None) -> dict[str, object]:
+        """Plain values for an ASGI scope extension or a WSGI environ.
+
+        ``peer`` is the address of the load balancer that sent the header.
+        """
+        ssl = self.ssl
+        return {
+            "version": self.version,
+            "command": self.command.value,
+            "client": self.source,
+            "server": self.destination,
+            "peer": peer,
+            "tlvs": {tlv.type: tlv.value for tlv in self.tlvs},
+            "alpn": self.alpn,
+            "authority": self.authority,
+            "unique_id": self.unique_id,
+            "ssl": None if ssl is None else ssl.as_dict(),
+            "aws_vpce_id": self.aws_vpce_id,
+            "gcp_psc_connection_id": self.gcp_psc_connection_id,
+            "azure_private_link_id": self.azure_private_link_id,
+        }
+
     def tlv(self, kind: int) -> bytes | None:
         """The value of the first TLV of type ``kind``, or ``None``."""
         return _find(self.tlvs, kind)

@@ -165,10 +165,9 @@ class TrustPolicy:
         cannot be used raises :class:`ConfigurationError` naming it.
         """
         env = os.environ if environ is None else environ
-        setting = "trusted"
+        setting = TRUSTED_VARIABLE
         if TRUSTED_VARIABLE in env:
             trusted = env[TRUSTED_VARIABLE]
-            setting = TRUSTED_VARIABLE
             if not trusted.strip():
                 raise ConfigurationError(
                     f"{TRUSTED_VARIABLE} is empty: list the load balancers' addresses or networks"

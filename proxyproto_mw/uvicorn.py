@@ -1,0 +1,335 @@
+"""uvicorn protocols that read a PROXY header before HTTP, and keep its addresses through upgrades.
+
+``uvicorn app:app --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (or ``H11Protocol``)
+takes its :class:`~proxyproto_mw.policy.TrustPolicy` from the ``PROXYPROTO_*``
+environment variables; ``HttpToolsProtocol.with_policy(policy)`` makes a class that
+carries its own, for ``uvicorn.run(app, http=...)``.
+
+Each connection first goes through the policy's admission. Once the header is in, the
+protocol hands the connection to uvicorn's own HTTP protocol with a transport that
+reports the header's addresses (so every request, the access log and the WebSocket
+protocol after an upgrade see them), then gets out of the way: later bytes go straight
+to uvicorn's parser. Connections whose header carries addresses skip uvicorn's
+``--proxy-headers`` rewriting, so a forged ``X-Forwarded-For`` cannot replace them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
+
+from .decoder import NEED_DATA
+from .errors import ConfigurationError, ProxyProtocolError
+from .header import Address, ProxyHeader
+from .policy import Admission, Admitted, TrustPolicy, log_rejection
+
+try:
+    from uvicorn.protocols.http.httptools_impl import (
+        HttpToolsProtocol as _UvicornHttpToolsProtocol,
+    )
+except ImportError:  # pragma: no cover - httptools is an optional extra of uvicorn
+    _UvicornHttpToolsProtocol = None  # type: ignore[assignment, misc]
+
+__all__ = ["H11Protocol", "HttpToolsProtocol", "ProxiedTransport", "environment_policy"]
+
+ASGIApp = Callable[..., Any]
+_P = TypeVar("_P", bound="_ProxyProtocolMixin")
+
+_environment_policy: TrustPolicy | None = None
+
+
+def environment_policy() -> TrustPolicy:
+    """The policy from the ``PROXYPROTO_*`` variables, read once per process."""
+    global _environment_policy  # noqa: PLW0603
+    if _environment_policy is None:
+        _environment_policy = TrustPolicy.from_environ()
+    return _environment_policy
+
+
+class ProxiedTransport:
+    """A connection's transport as the app should see it: the addresses of the PROXY header.
+
+    ``get_extra_info`` answers ``peername`` / ``sockname`` from the header, ``socket`` with
+    None (so that nothing reads the balancer's address from the socket), and
+    ``proxy_protocol`` with the header; everything else is the real transport's own
+    method, bound once, so writes cost no extra call.
+    """
+
+    def __init__(self, transport: asyncio.Transport, extra: dict[str, object]) -> None:
+        self._transport = transport
+        self._extra = extra
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """The header's view of ``name``, else the real transport's."""
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._transport, name)
+        if callable(value):
+            self.__dict__[name] = value
+        return value
+
+    def __repr__(self) -> str:
+        return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
+
+
+def _asgi_with_header(app: ASGIApp, info: dict[str, object], tls: bool) -> ASGIApp:
+    """``app`` called with the header's details in the scope (and the scheme it implies)."""
+    if isinstance(app, ProxyHeadersMiddleware):
+        # The header's addresses are authoritative: X-Forwarded-For written by a client
+        # must not replace them.
+        app = app.app
+
+    async def with_header(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope.setdefault("extensions", {})["proxy_protocol"] = info
+        if tls:
+            scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
+        return await app(scope, receive, send)  # type: ignore[arg-type]
+
+    return with_header
+
+
+class _RefusesServerTLS(type):
+    """Fails uvicorn's start-up when its own TLS would hide the PROXY header."""
+
+    @property
+    def alpn_protocols(cls) -> list[str] | None:
+        # uvicorn's Config.load() reads this attribute at start-up, before it builds its SSL
+        # context: the moment to check the configuration.
+        if getattr(cls, "policy", None) is None:
+            environment_policy()
+        config = sys._getframe(1).f_locals.get("self")
+        if isinstance(config, Config) and config.is_ssl:
+            raise ConfigurationError(
+                "uvicorn's --ssl-* options put TLS in front of the protocol, so the PROXY "
+                "header, which is sent in clear before the TLS handshake, never reaches it. "
+                "Run `proxyproto-mw serve APP --ssl-keyfile ... --ssl-certfile ...` instead: "
+                "it reads the header, then starts TLS on the same connection."
+            )
+        return None
+
+
+class _ProxyProtocolMixin:
+    """Reads the PROXY header, then hands the connection to uvicorn's protocol."""
+
+    policy: ClassVar[TrustPolicy | None] = None
+    """None: the policy from the ``PROXYPROTO_*`` environment variables."""
+    tls_context: ClassVar[ssl.SSLContext | None] = None
+    """Serve TLS after the header on the same connection (``proxyproto-mw serve``)."""
+
+    # Attributes of uvicorn's protocol this mixin relies on.
+    loop: asyncio.AbstractEventLoop
+    app: ASGIApp
+    config: Config
+    ws_protocol_class: Any
+    scheme: str | None
+
+    _admission: Admission | None
+    _timer: asyncio.TimerHandle | None
+    _raw_transport: asyncio.Transport
+    _pending_tls_data: bytearray | None
+
+    @classmethod
+    def with_policy(
+        cls: type[_P], policy: TrustPolicy, *, tls_context: ssl.SSLContext | None = None
+    ) -> type[_P]:
+        """A subclass applying ``policy``; with ``tls_context`` it serves TLS after the header."""
+        namespace = {"policy": policy, "tls_context": tls_context, "__module__": cls.__module__}
+        metaclass: Any = type(cls)
+        subclass: type[_P] = metaclass(cls.__name__, (cls,), namespace)
+        return subclass
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the admission; uvicorn's protocol is connected once the header is in."""
+        policy = self.policy or environment_policy()
+        admission = policy.admission(transport.get_extra_info("peername"))
+        self._raw_transport = transport  # type: ignore[assignment]
+        self._pending_tls_data = None
+        if admission is None:
+            self._admission = None
+            self._timer = None
+            self._connect(self._raw_transport, None, b"")
+            return
+        self._admission = admission
+        self._timer = self.loop.call_later(policy.timeout, self._header_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the admission until the header is complete."""
+        if self._pending_tls_data is not None:
+            self._pending_tls_data += data
+            return
+        admission = self._admission
+        assert admission is not None
+        try:
+            admitted = admission.receive(data)
+        except ProxyProtocolError as error:
+            self._reject(error)
+            return
+        if admitted is NEED_DATA:
+            return
+        self._admitted(admitted)
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its side before the header was complete."""
+        self._cancel_timer()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended before the header was complete."""
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _header_timed_out(self) -> None:
+        self._timer = None
+        if self._admission is not None:
+            self._reject(self._admission.timed_out())
+
+    def _reject(self, error: ProxyProtocolError) -> None:
+        self._cancel_timer()
+        self._admission = None
+        log_rejection(self._raw_transport.get_extra_info("peername"), error)
+        self._raw_transport.abort()
+
+    def _admitted(self, admitted: Admitted) -> None:
+        self._cancel_timer()
+        self._admission = None
+        if self.tls_context is not None:
+            self._start_tls(admitted)
+        else:
+            self._connect(self._raw_transport, admitted.header, admitted.data)
+
+    def _connect(
+        self, transport: asyncio.Transport, header: ProxyHeader | None, data: bytes
+    ) -> None:
+        """Hand the connection to uvicorn's protocol; later bytes go straight to it."""
+        base = _base_protocol(type(self))
+        real = transport
+        if header is not None and not header.is_local:
+            peer: Address | None = self._raw_transport.get_extra_info("peername")
+            tls = transport.get_extra_info("sslcontext") is not None or (
+                header.ssl is not None and header.ssl.tls
+            )
+            info = header.as_dict(peer)
+            extra: dict[str, object] = {
+                "peername": header.source,
+                "sockname": header.destination,
+                "socket": None,
+                "proxy_protocol": header,
+            }
+            transport = ProxiedTransport(transport, extra)  # type: ignore[assignment]
+            self.app = _asgi_with_header(self.app, info, tls)
+            ws_protocol_class = self.ws_protocol_class
+            if ws_protocol_class is not None:
+                self.ws_protocol_class = _ws_with_app(ws_protocol_class, self.app)
+        elif header is not None:
+            # LOCAL / UNKNOWN: the socket's own addresses, with the header for the app.
+            info = header.as_dict(self._raw_transport.get_extra_info("peername"))
+            self.app = _asgi_with_header(self.app, info, False)
+            if self.ws_protocol_class is not None:
+                self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app)
+        # From here on the real transport calls uvicorn's methods directly.
+        self.data_received = base.data_received.__get__(self)  # type: ignore[method-assign]
+        self.eof_received = base.eof_received.__get__(self)  # type: ignore[method-assign]
+        self.connection_lost = base.connection_lost.__get__(self)  # type: ignore[method-assign]
+        # uvloop caches the protocol's data_received: make it look again.
+        real.set_protocol(self)  # type: ignore[arg-type]
+        base.connection_made(self, transport)
+        if data:
+            self.data_received(data)
+
+    def _start_tls(self, admitted: Admitted) -> None:
+        """Serve TLS on the connection after its header (the header itself is in clear)."""
+        raw = self._raw_transport
+        raw.pause_reading()
+        self._pending_tls_data = bytearray()
+        context = self.tls_context
+        assert context is not None
+        task = self.loop.create_task(
+            self.loop.start_tls(
+                raw,
+                self,  # type: ignore[arg-type]
+                context,
+                server_side=True,
+            )
+        )
+        if admitted.data:
+            # start_tls connects its TLS protocol and resumes reading from callbacks it
+            # schedules when the task first runs; this runs right after them, before the
+            # loop polls the socket again, so the ClientHello bytes keep their order.
+            self.loop.call_soon(self.loop.call_soon, _feed, raw, admitted.data)
+
+        def tls_ready(done: asyncio.Task[asyncio.Transport | None]) -> None:
+            pending = bytes(self._pending_tls_data or b"")
+            self._pending_tls_data = None
+            error = done.exception() if not done.cancelled() else None
+            tls_transport = None if error is not None or done.cancelled() else done.result()
+            if tls_transport is None:
+                log_rejection(
+                    raw.get_extra_info("peername"),
+                    ProxyProtocolError(f"TLS handshake after the PROXY header failed: {error}"),
+                )
+                raw.abort()
+                return
+            self._connect(tls_transport, admitted.header, pending)
+
+        task.add_done_callback(tls_ready)
+
+
+def _feed(transport: asyncio.BaseTransport, data: bytes) -> None:
+    """Deliver bytes already read from the socket to the transport's current protocol."""
+    protocol: Any = transport.get_protocol()
+    if hasattr(protocol, "buffer_updated"):
+        view = memoryview(data)
+        while view:
+            buffer = protocol.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+    else:
+        protocol.data_received(data)
+
+
+def _ws_with_app(ws_protocol_class: Any, app: ASGIApp) -> Callable[..., Any]:
+    """A WebSocket protocol factory whose protocols call ``app``."""
+
+    def build(**kwargs: Any) -> Any:
+        protocol = ws_protocol_class(**kwargs)
+        protocol.app = app
+        return protocol
+
+    return build
+
+
+def _base_protocol(cls: type) -> Any:
+    """uvicorn's own protocol class behind one of ours."""
+    for klass in cls.__mro__:
+        if klass is _UvicornH11Protocol or klass is _UvicornHttpToolsProtocol:
+            return klass
+    raise TypeError(f"{cls!r} is not built on a uvicorn HTTP protocol")
+
+
+class H11Protocol(_ProxyProtocolMixin, _UvicornH11Protocol, metaclass=_RefusesServerTLS):  # type: ignore[misc]
+    """uvicorn's h11 protocol behind a PROXY header."""
+
+
+if _UvicornHttpToolsProtocol is not None:
+
+    class HttpToolsProtocol(  # type: ignore[misc]
+        _ProxyProtocolMixin, _UvicornHttpToolsProtocol, metaclass=_RefusesServerTLS
+    ):
+        """uvicorn's httptools protocol behind a PROXY header."""
