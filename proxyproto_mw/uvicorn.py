@@ -141,9 +141,10 @@ class _ProxyProtocolMixin:
 
     @classmethod
     def with_policy(
-        cls: type[_P], policy: TrustPolicy, *, tls_context: ssl.SSLContext | None = None
+        cls: type[_P], policy: TrustPolicy | None, *, tls_context: ssl.SSLContext | None = None
     ) -> type[_P]:
-        """A subclass applying ``policy``; with ``tls_context`` it serves TLS after the header."""
+        """A subclass applying ``policy`` (None: the environment's); with ``tls_context`` it
+        serves TLS after the header."""
         namespace = {"policy": policy, "tls_context": tls_context, "__module__": cls.__module__}
         metaclass: Any = type(cls)
         subclass: type[_P] = metaclass(cls.__name__, (cls,), namespace)
