@@ -271,9 +271,14 @@ class Admission:
             self._decoder.feed(data)
             return NEED_DATA
         if signature:
+            setting = self._policy.setting
+            if self.peer:
+                advice = f"add {self._host} to {setting} if it is your load balancer"
+            else:
+                advice = f"peers without an IP address are trusted only by '*' in {setting}"
             raise UntrustedHeader(
-                f"PROXY header from {self._host}, which is not trusted: it is not believed "
-                f"(add {self._host} to {self._policy.setting} if it is your load balancer)"
+                f"PROXY header from {self._host}, which is not trusted: "
+                f"it is not believed ({advice})"
             )
         return Admitted(None, buffered)
 

@@ -16,6 +16,7 @@ to uvicorn's parser. Connections whose header carries addresses skip uvicorn's
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -153,8 +154,15 @@ class _ProxyProtocolMixin:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the admission; uvicorn's protocol is connected once the header is in."""
         policy = self.policy or environment_policy()
-        admission = policy.admission(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
         self._raw_transport = transport  # type: ignore[assignment]
+        if not peer and _is_ip_socket(transport):
+            # The peer reset the connection before it was accepted (a health check that
+            # connects and leaves): there is no one to serve.
+            self._admission = self._timer = self._pending_tls_data = None
+            self._raw_transport.abort()
+            return
+        admission = policy.admission(peer or None)
         self._pending_tls_data = None
         if admission is None:
             self._admission = None
@@ -288,6 +296,11 @@ class _ProxyProtocolMixin:
             self._connect(tls_transport, admitted.header, pending)
 
         task.add_done_callback(tls_ready)
+
+
+def _is_ip_socket(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
 def _feed(transport: asyncio.BaseTransport, data: bytes) -> None:
