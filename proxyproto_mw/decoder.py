@@ -79,7 +79,8 @@ _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _PORT = r"(?:0|[1-9][0-9]{0,4})"
 _IPV4_FIELD = re.compile(_IPV4)
 _PORT_FIELD = re.compile(_PORT)
-_V1_PROTOCOLS = (b"TCP4 ", b"TCP6 ", b"UNKNOWN")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_V1_PROTOCOLS = (b"TCP4 ", b"TCP6 ", b"UNKNOWN ", b"UNKNOWN\r")
 
 _INET: Final = Family.INET
 _INET6: Final = Family.INET6
@@ -154,7 +155,7 @@ def _decode_v1(data: bytes) -> Decoded | int:
                 source_host = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, source_host))
                 destination_host = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, destination_host))
                 family = _INET6
-        except (OSError, UnicodeDecodeError):
+        except (OSError, ValueError):  # ValueError: not ASCII, or a NUL (inet_pton)
             raise InvalidHeader(_explain_v1(data[:end])) from None
         source_port = fields[3]
         destination_port = fields[4]
@@ -195,7 +196,7 @@ def _check_v1_prefix(data: bytes) -> None:
         raise InvalidHeader("v1 header has a CR that is not followed by LF")
     if len(data) >= V1_MAX_LENGTH:
         raise InvalidHeader(f"v1 header has no CRLF within {V1_MAX_LENGTH} bytes")
-    protocol = line[6:13]
+    protocol = line[6:14]
     if not any(known.startswith(protocol[: len(known)]) for known in _V1_PROTOCOLS):
         raise InvalidHeader(f"v1 header has an unknown protocol {protocol!r}")
 
@@ -208,6 +209,12 @@ def _explain_v1(raw: bytes) -> str:
         return "v1 header has a byte that is not ASCII"
     if "\r" in line or "\n" in line:
         return "v1 header has a CR or LF before its CRLF"
+    control = _CONTROL.search(line)
+    if control is not None:
+        return (
+            f"v1 header has a control character {control.group()!r} "
+            "(fields are separated by single spaces)"
+        )
     fields = line.split(" ")
     if "" in fields:
         return f"v1 header fields must be separated by single spaces: {line!r}"
@@ -235,7 +242,8 @@ def _decode_v2(data: bytes) -> Decoded | int:
     if size < V2_FIXED_LENGTH:
         if size > 12:
             _check_version_command(data[12])
-        return V2_FIXED_LENGTH
+            return V2_FIXED_LENGTH
+        return 13  # check the version as soon as its byte arrives
     version_command = data[12]
     _check_version_command(version_command)
     end = V2_FIXED_LENGTH + ((data[14] << 8) | data[15])

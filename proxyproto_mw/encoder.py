@@ -22,6 +22,13 @@ def _family_of(address: Address) -> Family:
     return Family.INET6 if ipaddress.ip_address(address[0]).version == 6 else Family.INET
 
 
+def _port(address: Address) -> int:
+    port = int(address[1])
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is not in 0..65535")
+    return port
+
+
 def encode_v1(source: Address | None = None, destination: Address | None = None) -> bytes:
     """A v1 line; ``PROXY UNKNOWN`` when no addresses are given.
 
@@ -36,9 +43,8 @@ def encode_v1(source: Address | None = None, destination: Address | None = None)
         raise ValueError("source and destination must both be IPv4 or both IPv6")
     name = "TCP4" if family is Family.INET else "TCP6"
     hosts = [str(ipaddress.ip_address(address[0])) for address in (source, destination)]
-    return (
-        f"PROXY {name} {hosts[0]} {hosts[1]} {int(source[1])} {int(destination[1])}\r\n"
-    ).encode("ascii")
+    line = f"PROXY {name} {hosts[0]} {hosts[1]} {_port(source)} {_port(destination)}\r\n"
+    return line.encode("ascii")
 
 
 def encode_tlv(kind: int, value: bytes) -> bytes:
@@ -108,8 +114,8 @@ def encode_v2(
         block = (
             socket.inet_pton(af, source[0])
             + socket.inet_pton(af, destination[0])
-            + int(source[1]).to_bytes(2, "big")
-            + int(destination[1]).to_bytes(2, "big")
+            + _port(source).to_bytes(2, "big")
+            + _port(destination).to_bytes(2, "big")
         )
     if family is Family.UNSPEC:
         transport = TransportProtocol.UNSPEC

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -73,6 +74,34 @@ class Admitted(NamedTuple):
     data: bytes
 
 
+def _parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as compared with trusted entries: zone removed, IPv4-mapped made IPv4."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    network = ipaddress.ip_network(text, strict=False)
+    mapped = network.network_address
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        # ::ffff:10.0.0.0/104 is 10.0.0.0/8 as a dual-stack socket reports it.
+        prefix = max(network.prefixlen - 96, 0)
+        return ipaddress.ip_network(f"{mapped.ipv4_mapped}/{prefix}", strict=False)
+    return network
+
+
+def _parse_address_strict(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = _parse_address(text)
+    if address is None:
+        raise ValueError(text)
+    return address
+
+
 def _parse_trusted(value: str | Iterable[str]) -> list[str]:
     entries = value.split(",") if isinstance(value, str) else value
     return [entry.strip() for entry in entries if entry.strip()]
@@ -98,6 +127,7 @@ class TrustPolicy:
         "_any",
         "_match_network",
         "_networks",
+        "_parsed",
         "mode",
         "setting",
         "timeout",
@@ -117,21 +147,23 @@ class TrustPolicy:
         self.setting = setting
         self.trusted = tuple(_parse_trusted(trusted))
         self._any = "*" in self.trusted
-        addresses: set[str] = set()
+        parsed: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in self.trusted:
             if entry == "*":
                 continue
             try:
                 if "/" in entry:
-                    networks.append(ipaddress.ip_network(entry, strict=False))
+                    networks.append(_parse_network(entry))
                 else:
-                    addresses.add(str(ipaddress.ip_address(entry)))
+                    parsed.add(_parse_address_strict(entry))
             except ValueError:
                 raise ConfigurationError(
                     f"{setting}: {entry!r} is neither an IP address, a CIDR network nor '*'"
                 ) from None
-        self._addresses = frozenset(addresses)
+        self._parsed = frozenset(parsed)
+        # The fast path: peers as getpeername() writes them.
+        self._addresses = frozenset(str(address) for address in parsed)
         self._networks = tuple(networks)
         self._match_network = lru_cache(maxsize=4096)(self._match_network_uncached)
         try:
@@ -140,7 +172,11 @@ class TrustPolicy:
             raise ConfigurationError(
                 f"mode: {mode!r} is not one of require, optional, off"
             ) from None
-        if not isinstance(timeout, int | float) or not timeout >= MINIMUM_TIMEOUT:
+        if (
+            not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not timeout >= MINIMUM_TIMEOUT
+        ):
             raise ConfigurationError(
                 f"timeout: {timeout!r} must be a number of seconds, at least {MINIMUM_TIMEOUT:g}"
             )
@@ -168,7 +204,7 @@ class TrustPolicy:
         setting = TRUSTED_VARIABLE
         if TRUSTED_VARIABLE in env:
             trusted = env[TRUSTED_VARIABLE]
-            if not trusted.strip():
+            if not _parse_trusted(trusted):
                 raise ConfigurationError(
                     f"{TRUSTED_VARIABLE} is empty: list the load balancers' addresses or networks"
                 )
@@ -185,7 +221,7 @@ class TrustPolicy:
         try:
             return cls(trusted, mode, timeout, versions, setting=setting)
         except ConfigurationError as error:
-            raise ConfigurationError(_name_variable(str(error))) from None
+            raise ConfigurationError(_name_variable(str(error), env)) from None
 
     def __repr__(self) -> str:
         return (
@@ -204,14 +240,11 @@ class TrustPolicy:
         return self._match_network(host)
 
     def _match_network_uncached(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        address = _parse_address(host)
+        if address is None:
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-            if str(address) in self._addresses:
-                return True
+        if address in self._parsed:
+            return True
         return any(address in network for network in self._networks)
 
     def admission(self, peer: Address | None) -> Admission | None:
@@ -221,9 +254,10 @@ class TrustPolicy:
         return Admission(self, peer)
 
 
-def _name_variable(message: str) -> str:
+def _name_variable(message: str, env: Mapping[str, str]) -> str:
+    """Name the variable in an error about a value that came from the environment."""
     for field, variable in (("mode", MODE_VARIABLE), ("timeout", TIMEOUT_VARIABLE)):
-        if message.startswith(field + ":"):
+        if message.startswith(field + ":") and variable in env:
             return variable + message[len(field) :]
     return message
 
