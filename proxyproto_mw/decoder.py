@@ -24,7 +24,6 @@ from .header import (
     Command,
     Family,
     ProxyHeader,
-    TLVType,
     TransportProtocol,
     UnixAddresses,
     split_tlvs,
@@ -90,6 +89,7 @@ _inet_pton = socket.inet_pton
 _inet_ntop = socket.inet_ntop
 _inet_ntoa = socket.inet_ntoa
 _new = tuple.__new__
+_ZERO_CHECKSUM: Final = b"\x00\x00\x00\x00"
 _UNKNOWN_V1: Final = ProxyHeader(1, _PROXY, Family.UNSPEC, TransportProtocol.UNSPEC, None, None)
 _LOCAL_V2: Final = ProxyHeader(2, _LOCAL, Family.UNSPEC, TransportProtocol.UNSPEC, None, None)
 _ADDRESS_BLOCK: Final = (0, 12, 36, 216)
@@ -112,8 +112,13 @@ def match_signature(data: bytes) -> bool | None:
 
 def decode(data: bytes) -> Decoded | NeedData:
     """Decode the header at the start of ``data`` (a connection's first bytes, all of them)."""
-    result = _decode(data)
-    return NEED_DATA if isinstance(result, int) else result
+    if data.startswith(V2_SIGNATURE):
+        result = _decode_v2(data)
+    elif data.startswith(V1_SIGNATURE):
+        result = _decode_v1(data)
+    else:
+        result = _decode(data)
+    return NEED_DATA if result.__class__ is int else result  # type: ignore[return-value]
 
 
 def _decode(data: bytes) -> Decoded | int:
@@ -245,7 +250,8 @@ def _decode_v2(data: bytes) -> Decoded | int:
             return V2_FIXED_LENGTH
         return 13  # check the version as soon as its byte arrives
     version_command = data[12]
-    _check_version_command(version_command)
+    if version_command != 0x21:  # anything but "version 2, PROXY" gets the full check
+        _check_version_command(version_command)
     end = V2_FIXED_LENGTH + ((data[14] << 8) | data[15])
     if version_command & 0x0F == 0:
         # LOCAL: the block is ignored whatever it holds (AWS NLB health checks put TLVs
@@ -303,42 +309,50 @@ def _check_version_command(version_command: int) -> None:
 
 
 def _read_tlvs(data: bytes, start: int, end: int) -> tuple[TLV, ...]:
-    """Split and check the TLVs of a PROXY header ending at ``end``."""
-    try:
-        tlvs = split_tlvs(data, start, end)
-    except ValueError as error:
-        raise InvalidHeader(f"v2 header: {error}") from None
-    for tlv in tlvs:
-        kind = tlv.type
-        if kind == TLVType.CRC32C:
-            _check_crc32c(data, end, tlv, start)
-        elif kind == TLVType.SSL:
-            if len(tlv.value) < 5:
-                raise InvalidHeader("v2 header's SSL TLV is shorter than 5 bytes")
-            try:
-                split_tlvs(tlv.value, 5)
-            except ValueError as error:
-                raise InvalidHeader(f"v2 header's SSL TLV: {error}") from None
-        elif kind == TLVType.AUTHORITY:
-            try:
-                tlv.value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidHeader("v2 header's AUTHORITY TLV is not UTF-8") from None
-        elif kind == TLVType.UNIQUE_ID and len(tlv.value) > 128:
-            raise InvalidHeader("v2 header's UNIQUE_ID TLV is longer than 128 bytes")
-    return tlvs
-
-
-def _check_crc32c(data: bytes, end: int, tlv: TLV, start: int) -> None:
-    if len(tlv.value) != 4:
-        raise InvalidHeader(f"v2 header's CRC32C TLV has {len(tlv.value)} bytes, not 4")
-    # Find where this TLV's value sits to zero it for the computation.
+    """Split and check the TLVs of a PROXY header ending at ``end``, in one pass."""
+    tlvs = []
     offset = start
-    while data[offset] != TLVType.CRC32C:
-        offset += 3 + ((data[offset + 1] << 8) | data[offset + 2])
-    value_at = offset + 3
-    expected = int.from_bytes(tlv.value, "big")
-    actual = crc32c(data[value_at + 4 : end], crc32c(b"\x00\x00\x00\x00", crc32c(data[:value_at])))
+    checksum_at = -1
+    while offset < end:
+        if offset + 3 > end:
+            raise InvalidHeader(f"v2 header: a TLV header at offset {offset} runs past the end")
+        kind = data[offset]
+        length = (data[offset + 1] << 8) | data[offset + 2]
+        value_at = offset + 3
+        offset = value_at + length
+        if offset > end:
+            raise InvalidHeader(f"v2 header: TLV 0x{kind:02X} of length {length} runs past the end")
+        value = data[value_at:offset]
+        if kind <= 0x05 or kind == 0x20:  # the types with rules; others are kept raw
+            if kind == 0x03:  # CRC32C
+                if length != 4:
+                    raise InvalidHeader(f"v2 header's CRC32C TLV has {length} bytes, not 4")
+                if checksum_at < 0:
+                    checksum_at = value_at
+            elif kind == 0x20:  # SSL
+                if length < 5:
+                    raise InvalidHeader("v2 header's SSL TLV is shorter than 5 bytes")
+                try:
+                    split_tlvs(value, 5)
+                except ValueError as error:
+                    raise InvalidHeader(f"v2 header's SSL TLV: {error}") from None
+            elif kind == 0x02:  # AUTHORITY
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidHeader("v2 header's AUTHORITY TLV is not UTF-8") from None
+            elif kind == 0x05 and length > 128:  # UNIQUE_ID
+                raise InvalidHeader("v2 header's UNIQUE_ID TLV is longer than 128 bytes")
+        tlvs.append(_new(TLV, (kind, value)))
+    if checksum_at >= 0:
+        _check_crc32c(data, end, checksum_at)
+    return tuple(tlvs)
+
+
+def _check_crc32c(data: bytes, end: int, value_at: int) -> None:
+    """Check the CRC32C whose value starts at ``value_at``: computed with that field zeroed."""
+    expected = int.from_bytes(data[value_at : value_at + 4], "big")
+    actual = crc32c(data[value_at + 4 : end], crc32c(_ZERO_CHECKSUM, crc32c(data[:value_at])))
     if actual != expected:
         raise ChecksumMismatch(
             f"v2 header's CRC32C is 0x{expected:08X} but the header's checksum is 0x{actual:08X}"
