@@ -323,9 +323,9 @@ class Admission:
     def timed_out(self) -> ProxyProtocolError:
         """The error to log when the header did not arrive within the policy's timeout."""
         received = len(self._decoder.buffered)
+        expected = "PROXY header" if self.trusted else "request"
         return HeaderTimeout(
-            f"no complete PROXY header within {self._policy.timeout:g} s "
-            f"({received} bytes received)"
+            f"no complete {expected} within {self._policy.timeout:g} s ({received} bytes received)"
         )
 
 

@@ -16,6 +16,7 @@ to uvicorn's parser. Connections whose header carries addresses skip uvicorn's
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import sys
@@ -28,8 +29,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
-from .header import Address, ProxyHeader
-from .policy import Admission, Admitted, TrustPolicy, log_rejection
+from .header import ProxyHeader
+from .policy import Admission, Admitted, TrustPolicy, log_rejection, logger
 
 try:
     from uvicorn.protocols.http.httptools_impl import (
@@ -100,6 +101,18 @@ def _asgi_with_header(app: ASGIApp, info: dict[str, object], tls: bool) -> ASGIA
     return with_header
 
 
+def _log_like_uvicorn() -> None:
+    """Send our log lines where uvicorn sends its own, unless logging is configured already."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    if uvicorn_logger.handlers:
+        for handler in uvicorn_logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(uvicorn_logger.getEffectiveLevel())
+        logger.propagate = False
+
+
 class _RefusesServerTLS(type):
     """Fails uvicorn's start-up when its own TLS would hide the PROXY header."""
 
@@ -109,6 +122,7 @@ class _RefusesServerTLS(type):
         # context: the moment to check the configuration.
         if getattr(cls, "policy", None) is None:
             environment_policy()
+        _log_like_uvicorn()
         config = sys._getframe(1).f_locals.get("self")
         if isinstance(config, Config) and config.is_ssl:
             raise ConfigurationError(
@@ -227,27 +241,20 @@ class _ProxyProtocolMixin:
         """Hand the connection to uvicorn's protocol; later bytes go straight to it."""
         base = _base_protocol(type(self))
         real = transport
-        if header is not None and not header.is_local:
-            peer: Address | None = self._raw_transport.get_extra_info("peername")
-            tls = transport.get_extra_info("sslcontext") is not None or (
-                header.ssl is not None and header.ssl.tls
-            )
-            info = header.as_dict(peer)
-            extra: dict[str, object] = {
-                "peername": header.source,
-                "sockname": header.destination,
-                "socket": None,
-                "proxy_protocol": header,
-            }
-            transport = ProxiedTransport(transport, extra)  # type: ignore[assignment]
-            self.app = _asgi_with_header(self.app, info, tls)
-            ws_protocol_class = self.ws_protocol_class
-            if ws_protocol_class is not None:
-                self.ws_protocol_class = _ws_with_app(ws_protocol_class, self.app)
-        elif header is not None:
-            # LOCAL / UNKNOWN: the socket's own addresses, with the header for the app.
-            info = header.as_dict(self._raw_transport.get_extra_info("peername"))
-            self.app = _asgi_with_header(self.app, info, False)
+        if header is not None:
+            peer = self._raw_transport.get_extra_info("peername")
+            info = header.as_dict((peer[0], peer[1]) if peer else None)
+            if not header.is_local:
+                # LOCAL and UNKNOWN keep the socket's addresses; the others take the header's.
+                extra: dict[str, object] = {
+                    "peername": header.source,
+                    "sockname": header.destination,
+                    "socket": None,
+                    "proxy_protocol": header,
+                }
+                transport = ProxiedTransport(transport, extra)  # type: ignore[assignment]
+            ssl_info = header.ssl
+            self.app = _asgi_with_header(self.app, info, ssl_info is not None and ssl_info.tls)
             if self.ws_protocol_class is not None:
                 self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app)
         # From here on the real transport calls uvicorn's methods directly.

@@ -1,0 +1,248 @@
+"""uvicorn in a subprocess, started exactly as a user starts it, for end-to-end tests.
+
+:class:`Uvicorn` runs ``python -m uvicorn tests.apps:app --http proxyproto_mw.uvicorn:...``
+from the repository root with the environment it is given (the ``PROXYPROTO_*``
+variables of the test process are never inherited), waits at most 15 s for its port,
+writes its stdout (uvicorn's access log) and stderr (start-up lines and the
+``proxyproto_mw`` warnings) to files the tests read, and stops it with SIGTERM, then
+SIGKILL. Every address is a loopback one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tests.haproxy import free_port, is_listening
+
+__all__ = ["REPOSITORY", "LogMark", "Uvicorn", "clean_environment", "run_to_exit"]
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+"""The repository root: uvicorn runs there so that ``tests.apps:app`` imports."""
+
+APP = "tests.apps:app"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+_INHERITED_PREFIXES = ("PROXYPROTO_", "UVICORN_", "FORWARDED_ALLOW_IPS", "WEB_CONCURRENCY")
+
+
+def clean_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without settings that change how uvicorn or we behave,
+    plus ``env``."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_INHERITED_PREFIXES)
+    }
+    clean["PYTHONUNBUFFERED"] = "1"
+    clean.update(env or {})
+    return clean
+
+
+def uvicorn_argv(
+    port: int,
+    *,
+    http: str = "HttpToolsProtocol",
+    ws: str = "websockets",
+    loop: str = "asyncio",
+    host: str = "127.0.0.1",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line a user types, with ``python -m`` for the test's interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        APP,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--http",
+        f"proxyproto_mw.uvicorn:{http}",
+        "--ws",
+        ws,
+        "--loop",
+        loop,
+        "--lifespan",
+        "on",
+        *extra,
+    ]
+
+
+def run_to_exit(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 15.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that is expected to exit (a failed start-up) from the repository root."""
+    return subprocess.run(
+        list(argv),
+        cwd=REPOSITORY,
+        env=clean_environment(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class LogMark:
+    """A position in a log file: what was written after it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def text(self) -> str:
+        """Everything written since the mark."""
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def lines(self, pattern: str = "") -> list[str]:
+        """The complete lines written since the mark that match the regular expression."""
+        found = re.compile(pattern)
+        return [line for line in self.text().splitlines() if found.search(line)]
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 5.0) -> list[str]:
+        """Wait (at most ``timeout`` s) until ``count`` lines match; return every match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = self.lines(pattern)
+            if len(matches) >= count:
+                return matches
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{count} line(s) matching {pattern!r} expected in {self.path.name} "
+                    f"within {timeout} s; written since the mark:\n{self.text()}"
+                )
+            time.sleep(0.02)
+
+
+class Uvicorn:
+    """``python -m uvicorn tests.apps:app --http proxyproto_mw.uvicorn:<http> ...``.
+
+    ``env`` holds the ``PROXYPROTO_*`` variables; ``port`` defaults to a free one.
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        http: str = "HttpToolsProtocol",
+        ws: str = "websockets",
+        loop: str = "asyncio",
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        argv: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.argv = (
+            list(argv)
+            if argv is not None
+            else uvicorn_argv(self.port, http=http, ws=ws, loop=loop, host=host, extra=extra)
+        )
+        self.env = clean_environment(env)
+        self.name = name or f"uvicorn-{http}-{ws}-{loop}-{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = workdir / f"{self.name}.stdout"
+        self.stderr_path = workdir / f"{self.name}.stderr"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens."""
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    def stderr(self) -> str:
+        """Everything uvicorn wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stdout(self) -> str:
+        """Everything uvicorn wrote to stdout (its access log) so far."""
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def mark(self) -> LogMark:
+        """A mark in stderr: the ``proxyproto_mw`` warnings written after it."""
+        return LogMark(self.stderr_path)
+
+    def access_mark(self) -> LogMark:
+        """A mark in stdout: the access log lines written after it."""
+        return LogMark(self.stdout_path)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start uvicorn and wait until it listens; raise with its stderr if it does not."""
+        with self.stdout_path.open("wb") as stdout, self.stderr_path.open("wb") as stderr:
+            self._process = subprocess.Popen(
+                self.argv,
+                cwd=REPOSITORY,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not is_listening(self.host, self.port):
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise RuntimeError(
+                    f"{self.name} exited with status {code} while starting:\n{self.stderr()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"{self.name} did not listen on {self.address} within {START_TIMEOUT} s:\n"
+                    f"{self.stderr()}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if uvicorn has not exited within 5 s."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+    def __enter__(self) -> Uvicorn:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
