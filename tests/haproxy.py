@@ -15,10 +15,11 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = [
     "Address",
@@ -139,6 +140,9 @@ def is_listening(host: str, port: int) -> bool:
     return False
 
 
+_Server = TypeVar("_Server", bound="ServerProcess")
+
+
 class ServerProcess:
     """A server in a subprocess, started on entry and ready once its ports listen.
 
@@ -156,6 +160,8 @@ class ServerProcess:
         name: str,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         for host, _ in addresses:
             _check_loopback(host)
@@ -167,6 +173,8 @@ class ServerProcess:
         self.stop_timeout = stop_timeout
         self.stdout_path = workdir / f"{name}.stdout"
         self.stderr_path = workdir / f"{name}.stderr"
+        self.cwd = cwd or workdir
+        self.env = env
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -192,7 +200,8 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                cwd=self.workdir,
+                cwd=self.cwd,
+                env=self.env,
                 start_new_session=True,
             )
         deadline = time.monotonic() + self.start_timeout
@@ -228,7 +237,7 @@ class ServerProcess:
             process.kill()
             process.wait(self.stop_timeout)
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self: _Server) -> _Server:
         self.start()
         return self
 

@@ -17,9 +17,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.haproxy import free_port, is_listening
+from tests.haproxy import ServerProcess, free_port
 
 __all__ = ["REPOSITORY", "LogMark", "Uvicorn", "clean_environment", "run_to_exit"]
 
@@ -129,7 +128,7 @@ class LogMark:
             time.sleep(0.02)
 
 
-class Uvicorn:
+class Uvicorn(ServerProcess):
     """``python -m uvicorn tests.apps:app --http proxyproto_mw.uvicorn:<http> ...``.
 
     ``env`` holds the ``PROXYPROTO_*`` variables; ``port`` defaults to a free one.
@@ -152,17 +151,18 @@ class Uvicorn:
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
-        self.argv = (
+        super().__init__(
             list(argv)
             if argv is not None
-            else uvicorn_argv(self.port, http=http, ws=ws, loop=loop, host=host, extra=extra)
+            else uvicorn_argv(self.port, http=http, ws=ws, loop=loop, host=host, extra=extra),
+            workdir,
+            [(host, self.port)],
+            name=name or f"uvicorn-{http}-{ws}-{loop}-{self.port}",
+            start_timeout=START_TIMEOUT,
+            stop_timeout=STOP_TIMEOUT,
+            cwd=REPOSITORY,
+            env=clean_environment(env),
         )
-        self.env = clean_environment(env)
-        self.name = name or f"uvicorn-{http}-{ws}-{loop}-{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.stdout_path = workdir / f"{self.name}.stdout"
-        self.stderr_path = workdir / f"{self.name}.stderr"
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -194,55 +194,3 @@ class Uvicorn:
     def running(self) -> bool:
         """Whether the process is alive."""
         return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start uvicorn and wait until it listens; raise with its stderr if it does not."""
-        with self.stdout_path.open("wb") as stdout, self.stderr_path.open("wb") as stderr:
-            self._process = subprocess.Popen(
-                self.argv,
-                cwd=REPOSITORY,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not is_listening(self.host, self.port):
-            code = self._process.poll()
-            if code is not None:
-                self._process = None
-                raise RuntimeError(
-                    f"{self.name} exited with status {code} while starting:\n{self.stderr()}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"{self.name} did not listen on {self.address} within {START_TIMEOUT} s:\n"
-                    f"{self.stderr()}"
-                )
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if uvicorn has not exited within 5 s."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-
-    def __enter__(self) -> Uvicorn:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
