@@ -21,7 +21,8 @@ PAGE = """<!doctype html>
 <p>Over the WebSocket it sees you as <b id="ws">connecting...</b></p>
 <pre id="header"></pre>
 <script>
-const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+const ws = new WebSocket(scheme + location.host + "/ws");
 ws.onmessage = (event) => {{
   const seen = JSON.parse(event.data);
   document.getElementById("ws").textContent = seen.client;
