@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 __all__ = [
     "TLV",
@@ -11,6 +11,7 @@ __all__ = [
     "Command",
     "Family",
     "ProxyHeader",
+    "ProxyProtocolInfo",
     "SSLInfo",
     "TLVType",
     "TransportProtocol",
@@ -189,6 +190,25 @@ class SSLInfo(NamedTuple):
         }
 
 
+class ProxyProtocolInfo(TypedDict):
+    """The header as ASGI's ``scope["extensions"]["proxy_protocol"]`` and WSGI's
+    ``environ["proxy_protocol"]`` hold it: plain values only."""
+
+    version: int
+    command: str
+    client: Address | None
+    server: Address | None
+    peer: Address | None
+    tlvs: dict[int, bytes]
+    alpn: bytes | None
+    authority: str | None
+    unique_id: bytes | None
+    ssl: dict[str, object] | None
+    aws_vpce_id: str | None
+    gcp_psc_connection_id: int | None
+    azure_private_link_id: int | None
+
+
 class ProxyHeader(NamedTuple):
     """A decoded PROXY header.
 
@@ -211,7 +231,7 @@ class ProxyHeader(NamedTuple):
         """True when the real connection's addresses apply (LOCAL, UNKNOWN, UNSPEC)."""
         return self.source is None and self.unix is None
 
-    def as_dict(self, peer: Address | None = None) -> dict[str, object]:
+    def as_dict(self, peer: Address | None = None) -> ProxyProtocolInfo:
         """Plain values for an ASGI scope extension or a WSGI environ.
 
         ``peer`` is the address of the load balancer that sent the header.

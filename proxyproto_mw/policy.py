@@ -117,6 +117,8 @@ class TrustPolicy:
     - ``timeout``: seconds for the header to arrive, at least 3 (a TCP retransmit).
     - ``versions``: header versions accepted (1, 2, or both).
     - ``setting``: the name of the setting that lists trusted peers, used in log lines.
+    - ``trust_unix_peers``: believe headers on connections without an IP address (UNIX
+      sockets, which only local processes reach); otherwise only ``*`` trusts them.
 
     A peer that is not trusted is served as a plain connection with its own address; if
     it sends a PROXY header, the connection is closed, whatever the mode.
@@ -131,6 +133,7 @@ class TrustPolicy:
         "mode",
         "setting",
         "timeout",
+        "trust_unix_peers",
         "trusted",
         "versions",
     )
@@ -143,8 +146,10 @@ class TrustPolicy:
         versions: Iterable[int] = (1, 2),
         *,
         setting: str = "trusted",
+        trust_unix_peers: bool = False,
     ) -> None:
         self.setting = setting
+        self.trust_unix_peers = trust_unix_peers
         self.trusted = tuple(_parse_trusted(trusted))
         self._any = "*" in self.trusted
         parsed: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
@@ -194,6 +199,8 @@ class TrustPolicy:
         mode: Mode | str = Mode.REQUIRE,
         timeout: float = DEFAULT_TIMEOUT,
         versions: Iterable[int] = (1, 2),
+        setting: str = TRUSTED_VARIABLE,
+        trust_unix_peers: bool = False,
     ) -> TrustPolicy:
         """A policy from ``PROXYPROTO_TRUSTED``, ``PROXYPROTO_MODE`` and ``PROXYPROTO_TIMEOUT``.
 
@@ -201,7 +208,6 @@ class TrustPolicy:
         cannot be used raises :class:`ConfigurationError` naming it.
         """
         env = os.environ if environ is None else environ
-        setting = TRUSTED_VARIABLE
         if TRUSTED_VARIABLE in env:
             trusted = env[TRUSTED_VARIABLE]
             if not _parse_trusted(trusted):
@@ -219,7 +225,14 @@ class TrustPolicy:
                     f"{TIMEOUT_VARIABLE}={raw_timeout!r} is not a number of seconds"
                 ) from None
         try:
-            return cls(trusted, mode, timeout, versions, setting=setting)
+            return cls(
+                trusted,
+                mode,
+                timeout,
+                versions,
+                setting=setting,
+                trust_unix_peers=trust_unix_peers,
+            )
         except ConfigurationError as error:
             raise ConfigurationError(_name_variable(str(error), env)) from None
 
@@ -234,7 +247,7 @@ class TrustPolicy:
         if self._any:
             return True
         if host is None:
-            return False
+            return self.trust_unix_peers
         if host in self._addresses:
             return True
         return self._match_network(host)

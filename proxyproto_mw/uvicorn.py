@@ -29,7 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
-from .header import ProxyHeader
+from .header import ProxyHeader, ProxyProtocolInfo
 from .policy import Admission, Admitted, TrustPolicy, log_rejection, logger
 
 try:
@@ -85,7 +85,7 @@ class ProxiedTransport:
         return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
 
 
-def _asgi_with_header(app: ASGIApp, info: dict[str, object], tls: bool) -> ASGIApp:
+def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo, tls: bool) -> ASGIApp:
     """``app`` called with the header's details in the scope (and the scheme it implies)."""
     if isinstance(app, ProxyHeadersMiddleware):
         # The header's addresses are authoritative: X-Forwarded-For written by a client
