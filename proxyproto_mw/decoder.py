@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from enum import Enum
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple, NoReturn
 
 from crc32c import crc32c
 
@@ -87,12 +88,22 @@ _AF_INET: Final = socket.AF_INET
 _AF_INET6: Final = socket.AF_INET6
 _inet_pton = socket.inet_pton
 _inet_ntop = socket.inet_ntop
-_inet_ntoa = socket.inet_ntoa
 _new = tuple.__new__
 _ZERO_CHECKSUM: Final = b"\x00\x00\x00\x00"
 _UNKNOWN_V1: Final = ProxyHeader(1, _PROXY, Family.UNSPEC, TransportProtocol.UNSPEC, None, None)
 _LOCAL_V2: Final = ProxyHeader(2, _LOCAL, Family.UNSPEC, TransportProtocol.UNSPEC, None, None)
 _ADDRESS_BLOCK: Final = (0, 12, 36, 216)
+# A v2 header's 14th byte -> (family, transport, address block length), None if invalid.
+_V2_KINDS: Final = tuple(
+    (_FAMILIES[byte >> 4], _TRANSPORTS[byte & 0x0F], _ADDRESS_BLOCK[byte >> 4])
+    if byte >> 4 < len(_FAMILIES) and byte & 0x0F < len(_TRANSPORTS)
+    else None
+    for byte in range(256)
+)
+_unpack_fixed = struct.Struct("!BBH").unpack_from  # version/command, family/transport, length
+_unpack_inet = struct.Struct("!8BHH").unpack_from  # two IPv4 addresses byte by byte, two ports
+_unpack_inet6 = struct.Struct("!16s16sHH").unpack_from
+_OCTETS: Final = tuple(str(octet) for octet in range(256))
 
 
 def match_signature(data: bytes) -> bool | None:
@@ -112,83 +123,87 @@ def match_signature(data: bytes) -> bool | None:
 
 def decode(data: bytes) -> Decoded | NeedData:
     """Decode the header at the start of ``data`` (a connection's first bytes, all of them)."""
-    if data.startswith(V2_SIGNATURE):
-        result = _decode_v2(data)
-    elif data.startswith(V1_SIGNATURE):
-        result = _decode_v1(data)
-    else:
-        result = _decode(data)
-    return NEED_DATA if result.__class__ is int else result  # type: ignore[return-value]
+    # A slice compared is about 3x cheaper than bytes.startswith (its argument parsing).
+    if data[:12] == V2_SIGNATURE:
+        return _decode_v2(data)
+    if data[:6] == V1_SIGNATURE:
+        return _decode_v1(data)
+    return _decode_start(data)
 
 
-def _decode(data: bytes) -> Decoded | int:
-    """Decode, or return how many bytes must be buffered before trying again helps."""
+def _decode_start(data: bytes) -> NeedData:
+    """Data that starts with neither complete signature: a prefix of one, or not a header."""
     first = data[:1]
     if first == b"P":
-        if data.startswith(V1_SIGNATURE):
-            return _decode_v1(data)
         signature = V1_SIGNATURE
     elif first == b"\r":
-        if data.startswith(V2_SIGNATURE):
-            return _decode_v2(data)
         signature = V2_SIGNATURE
     elif not data:
-        return 1
+        return NEED_DATA
     else:
         raise NotAHeader(f"the connection starts with {data[:8]!r}, not a PROXY header", data)
     if signature.startswith(data):
-        return len(data) + 1
+        return NEED_DATA
     raise NotAHeader(f"the connection starts with {data[:12]!r}, not a PROXY header", data)
 
 
-def _decode_v1(data: bytes) -> Decoded | int:
-    end = data.find(b"\r\n", 6, V1_MAX_LENGTH)
-    if end < 0:
+def _decode_v1(data: bytes) -> Decoded | NeedData:
+    # One split yields the line and the rest (cheaper than find, then two slices).
+    parts = data.split(b"\r\n", 1)
+    if len(parts) == 1 or len(parts[0]) > V1_MAX_LENGTH - 2:  # no CRLF within the limit
         _check_v1_prefix(data)
-        return len(data) + 1
-    fields = data[6:end].split(b" ")
-    protocol = fields[0]
-    if len(fields) == 5 and protocol in (b"TCP4", b"TCP6"):
+        return NEED_DATA
+    line, rest = parts
+    fields = line.split(b" ")
+    protocol = fields[1]  # fields[0] is b"PROXY"
+    if len(fields) == 6 and protocol in {b"TCP4", b"TCP6"}:
+        _, _, source_host, destination_host, source_port, destination_port = fields
         try:
-            source_host = fields[1].decode("ascii")
-            destination_host = fields[2].decode("ascii")
+            # UTF-8 (the default) is enough: inet_pton rejects anything but ASCII.
+            source = source_host.decode()
+            destination = destination_host.decode()
             if protocol == b"TCP4":
-                _inet_pton(_AF_INET, source_host)
-                _inet_pton(_AF_INET, destination_host)
+                _inet_pton(_AF_INET, source)  # glibc's is strict: no leading zeros
+                _inet_pton(_AF_INET, destination)
                 family = _INET
             else:
-                source_host = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, source_host))
-                destination_host = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, destination_host))
+                source = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, source))
+                destination = _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, destination))
                 family = _INET6
-        except (OSError, ValueError):  # ValueError: not ASCII, or a NUL (inet_pton)
-            raise InvalidHeader(_explain_v1(data[:end])) from None
-        source_port = fields[3]
-        destination_port = fields[4]
+        except (OSError, ValueError):  # ValueError: not UTF-8, or a NUL (inet_pton)
+            raise InvalidHeader(_explain_v1(line)) from None
+        # bytes.isdigit: ASCII digits only; the range check bounds the length.
+        if not (source_port.isdigit() and destination_port.isdigit()):
+            raise InvalidHeader(_explain_v1(line))
+        source_number = int(source_port)
+        destination_number = int(destination_port)
         if (
-            not source_port.isdigit()
-            or not destination_port.isdigit()
-            or len(source_port) > 5
-            or len(destination_port) > 5
-            or (source_port[0] == 48 and len(source_port) > 1)
+            source_number > 0xFFFF
+            or destination_number > 0xFFFF
+            or (source_port[0] == 48 and len(source_port) > 1)  # a leading "0"
             or (destination_port[0] == 48 and len(destination_port) > 1)
         ):
-            raise InvalidHeader(_explain_v1(data[:end]))
-        sport = int(source_port)
-        dport = int(destination_port)
-        if sport > 0xFFFF or dport > 0xFFFF:
-            raise InvalidHeader(_explain_v1(data[:end]))
+            raise InvalidHeader(_explain_v1(line))
         header = _new(
             ProxyHeader,
-            (1, _PROXY, family, _STREAM, (source_host, sport), (destination_host, dport), (), None),
+            (
+                1,
+                _PROXY,
+                family,
+                _STREAM,
+                (source, source_number),
+                (destination, destination_number),
+                (),
+                None,
+            ),
         )
     elif protocol == b"UNKNOWN":
-        if b"\r" in data[:end] or b"\n" in data[:end]:
+        if b"\r" in line or b"\n" in line:
             raise InvalidHeader("v1 header has a CR or LF before its CRLF")
         header = _UNKNOWN_V1
     else:
-        raise InvalidHeader(_explain_v1(data[:end]))
-    end += 2
-    return _new(Decoded, (header, data[end:] if end < len(data) else b""))
+        raise InvalidHeader(_explain_v1(line))
+    return _new(Decoded, (header, rest))
 
 
 def _check_v1_prefix(data: bytes) -> None:
@@ -242,63 +257,67 @@ def _explain_v1(raw: bytes) -> str:
     return f"v1 header does not match the grammar: {line!r}"
 
 
-def _decode_v2(data: bytes) -> Decoded | int:
+def _decode_v2(data: bytes) -> Decoded | NeedData:
     size = len(data)
     if size < V2_FIXED_LENGTH:
         if size > 12:
             _check_version_command(data[12])
-            return V2_FIXED_LENGTH
-        return 13  # check the version as soon as its byte arrives
-    version_command = data[12]
+        return NEED_DATA
+    version_command, family_transport, length = _unpack_fixed(data, 12)
     if version_command != 0x21:  # anything but "version 2, PROXY" gets the full check
         _check_version_command(version_command)
-    end = V2_FIXED_LENGTH + ((data[14] << 8) | data[15])
+    end = V2_FIXED_LENGTH + length
     if version_command & 0x0F == 0:
         # LOCAL: the block is ignored whatever it holds (AWS NLB health checks put TLVs
         # where an INET block would be).
         if size < end:
-            return end
-        return _new(Decoded, (_LOCAL_V2, data[end:] if end < size else b""))
-    family_transport = data[13]
-    family_number = family_transport >> 4
-    transport_number = family_transport & 0x0F
-    if family_number > 3:
-        raise InvalidHeader(f"v2 header has an unknown address family {family_number}")
-    if transport_number > 2:
-        raise InvalidHeader(f"v2 header has an unknown transport protocol {transport_number}")
+            return NEED_DATA
+        return _new(Decoded, (_LOCAL_V2, data[end:]))
+    kind = _V2_KINDS[family_transport]
+    if kind is None:
+        _check_family_transport(family_transport)
+    family, transport, block = kind
     if size < end:
-        return end
-    block = _ADDRESS_BLOCK[family_number]
-    if end - V2_FIXED_LENGTH < block:
+        return NEED_DATA
+    if length < block:
         raise InvalidHeader(
-            f"v2 header's length {end - V2_FIXED_LENGTH} is shorter than the "
-            f"{_FAMILIES[family_number].name} address block ({block} bytes)"
+            f"v2 header's length {length} is shorter than the "
+            f"{family.name} address block ({block} bytes)"
         )
     source = destination = unix = None
-    if family_number == 1:
-        source = (_inet_ntoa(data[16:20]), (data[24] << 8) | data[25])
-        destination = (_inet_ntoa(data[20:24]), (data[26] << 8) | data[27])
-    elif family_number == 2:
-        source = (_inet_ntop(_AF_INET6, data[16:32]), (data[48] << 8) | data[49])
-        destination = (_inet_ntop(_AF_INET6, data[32:48]), (data[50] << 8) | data[51])
-    elif family_number == 3:
+    if block == 12:  # INET; the octets' texts from a table beat socket.inet_ntoa by far
+        a, b, c, d, e, f, g, h, source_port, destination_port = _unpack_inet(data, 16)
+        o = _OCTETS
+        source = (f"{o[a]}.{o[b]}.{o[c]}.{o[d]}", source_port)
+        destination = (f"{o[e]}.{o[f]}.{o[g]}.{o[h]}", destination_port)
+    elif block == 36:  # INET6
+        source_address, destination_address, source_port, destination_port = _unpack_inet6(data, 16)
+        source = (_inet_ntop(_AF_INET6, source_address), source_port)
+        destination = (_inet_ntop(_AF_INET6, destination_address), destination_port)
+    elif block == 216:  # UNIX
         unix = UnixAddresses(data[16:124].split(b"\x00", 1)[0], data[124:232].split(b"\x00", 1)[0])
     tlv_start = V2_FIXED_LENGTH + block
-    tlvs = _read_tlvs(data, tlv_start, end) if tlv_start < end else ()
     header = _new(
         ProxyHeader,
         (
             2,
             _PROXY,
-            _FAMILIES[family_number],
-            _TRANSPORTS[transport_number],
+            family,
+            transport,
             source,
             destination,
-            tlvs,
+            _read_tlvs(data, tlv_start, end) if tlv_start < end else (),
             unix,
         ),
     )
-    return _new(Decoded, (header, data[end:] if end < size else b""))
+    return _new(Decoded, (header, data[end:]))
+
+
+def _check_family_transport(family_transport: int) -> NoReturn:
+    family_number = family_transport >> 4
+    if family_number > 3:
+        raise InvalidHeader(f"v2 header has an unknown address family {family_number}")
+    raise InvalidHeader(f"v2 header has an unknown transport protocol {family_transport & 0x0F}")
 
 
 def _check_version_command(version_command: int) -> None:
@@ -310,53 +329,79 @@ def _check_version_command(version_command: int) -> None:
 
 def _read_tlvs(data: bytes, start: int, end: int) -> tuple[TLV, ...]:
     """Split and check the TLVs of a PROXY header ending at ``end``, in one pass."""
-    tlvs = []
+    tlvs: list[TLV] = []
+    append = tlvs.append
     offset = start
     checksum_at = -1
     while offset < end:
-        if offset + 3 > end:
+        value_at = offset + 3
+        if value_at > end:
             raise InvalidHeader(f"v2 header: a TLV header at offset {offset} runs past the end")
         kind = data[offset]
-        length = (data[offset + 1] << 8) | data[offset + 2]
-        value_at = offset + 3
-        offset = value_at + length
+        offset = value_at + ((data[offset + 1] << 8) | data[offset + 2])
         if offset > end:
-            raise InvalidHeader(f"v2 header: TLV 0x{kind:02X} of length {length} runs past the end")
+            raise InvalidHeader(
+                f"v2 header: TLV 0x{kind:02X} of length {offset - value_at} runs past the end"
+            )
         value = data[value_at:offset]
         if kind <= 0x05 or kind == 0x20:  # the types with rules; others are kept raw
             if kind == 0x03:  # CRC32C
-                if length != 4:
-                    raise InvalidHeader(f"v2 header's CRC32C TLV has {length} bytes, not 4")
+                if offset - value_at != 4:
+                    raise InvalidHeader(
+                        f"v2 header's CRC32C TLV has {offset - value_at} bytes, not 4"
+                    )
                 if checksum_at < 0:
                     checksum_at = value_at
             elif kind == 0x20:  # SSL
-                if length < 5:
-                    raise InvalidHeader("v2 header's SSL TLV is shorter than 5 bytes")
-                try:
-                    split_tlvs(value, 5)
-                except ValueError as error:
-                    raise InvalidHeader(f"v2 header's SSL TLV: {error}") from None
+                _check_ssl(value)
             elif kind == 0x02:  # AUTHORITY
                 try:
-                    value.decode("utf-8")
+                    value.decode()
                 except UnicodeDecodeError:
                     raise InvalidHeader("v2 header's AUTHORITY TLV is not UTF-8") from None
-            elif kind == 0x05 and length > 128:  # UNIQUE_ID
+            elif kind == 0x05 and offset - value_at > 128:  # UNIQUE_ID
                 raise InvalidHeader("v2 header's UNIQUE_ID TLV is longer than 128 bytes")
-        tlvs.append(_new(TLV, (kind, value)))
+        append(_new(TLV, (kind, value)))
     if checksum_at >= 0:
         _check_crc32c(data, end, checksum_at)
     return tuple(tlvs)
 
 
+def _check_ssl(value: bytes) -> None:
+    """Check the SSL TLV's sub-TLVs stay within it (without building them)."""
+    size = len(value)
+    if size < 5:
+        raise InvalidHeader("v2 header's SSL TLV is shorter than 5 bytes")
+    offset = 5  # after the client bit field and the verify result
+    while offset + 3 <= size:
+        offset += 3 + ((value[offset + 1] << 8) | value[offset + 2])
+    if offset != size:
+        try:  # say which sub-TLV overruns
+            split_tlvs(value, 5)
+        except ValueError as error:
+            raise InvalidHeader(f"v2 header's SSL TLV: {error}") from None
+        raise AssertionError("unreachable: split_tlvs accepted an overrunning SSL TLV")
+
+
 def _check_crc32c(data: bytes, end: int, value_at: int) -> None:
     """Check the CRC32C whose value starts at ``value_at``: computed with that field zeroed."""
     expected = int.from_bytes(data[value_at : value_at + 4], "big")
-    actual = crc32c(data[value_at + 4 : end], crc32c(_ZERO_CHECKSUM, crc32c(data[:value_at])))
+    # One call over a copy is cheaper than three chained ones over the pieces.
+    actual = crc32c(data[:value_at] + _ZERO_CHECKSUM + data[value_at + 4 : end])
     if actual != expected:
         raise ChecksumMismatch(
             f"v2 header's CRC32C is 0x{expected:08X} but the header's checksum is 0x{actual:08X}"
         )
+
+
+def _wanted(data: bytes) -> int:
+    """How many bytes an incomplete header needs before decoding again can make progress."""
+    size = len(data)
+    if data.startswith(V2_SIGNATURE):
+        if size >= V2_FIXED_LENGTH:
+            return V2_FIXED_LENGTH + ((data[14] << 8) | data[15])
+        return V2_FIXED_LENGTH if size > 12 else 13  # check the version as soon as it arrives
+    return size + 1
 
 
 class HeaderDecoder:
@@ -385,11 +430,11 @@ class HeaderDecoder:
             if len(buffer) < self._wanted:
                 return NEED_DATA
             data = bytes(buffer)
-        result = _decode(data)
-        if isinstance(result, int):
+        result = decode(data)
+        if result is NEED_DATA:
             if not buffer:
                 buffer += data
-            self._wanted = result
+            self._wanted = _wanted(data)
             return NEED_DATA
         buffer.clear()
         return result
