@@ -236,21 +236,22 @@ class ProxyHeader(NamedTuple):
 
         ``peer`` is the address of the load balancer that sent the header.
         """
-        ssl = self.ssl
+        tlvs = self.tlvs  # most headers have none: skip the look-ups then
+        ssl = self.ssl if tlvs else None
         return {
             "version": self.version,
             "command": self.command.value,
             "client": self.source,
             "server": self.destination,
             "peer": peer,
-            "tlvs": {tlv.type: tlv.value for tlv in self.tlvs},
-            "alpn": self.alpn,
-            "authority": self.authority,
-            "unique_id": self.unique_id,
+            "tlvs": {tlv.type: tlv.value for tlv in tlvs},
+            "alpn": self.alpn if tlvs else None,
+            "authority": self.authority if tlvs else None,
+            "unique_id": self.unique_id if tlvs else None,
             "ssl": None if ssl is None else ssl.as_dict(),
-            "aws_vpce_id": self.aws_vpce_id,
-            "gcp_psc_connection_id": self.gcp_psc_connection_id,
-            "azure_private_link_id": self.azure_private_link_id,
+            "aws_vpce_id": self.aws_vpce_id if tlvs else None,
+            "gcp_psc_connection_id": self.gcp_psc_connection_id if tlvs else None,
+            "azure_private_link_id": self.azure_private_link_id if tlvs else None,
         }
 
     def tlv(self, kind: int) -> bytes | None:
