@@ -9,6 +9,7 @@ from .encoder import encode, encode_tlv, encode_v1, encode_v2, ssl_tlv
 from .errors import (
     ChecksumMismatch,
     ConfigurationError,
+    ConnectionClosed,
     HeaderTimeout,
     InvalidHeader,
     MissingHeader,
@@ -40,6 +41,7 @@ __all__ = [
     "ChecksumMismatch",
     "Command",
     "ConfigurationError",
+    "ConnectionClosed",
     "Decoded",
     "Family",
     "HeaderDecoder",

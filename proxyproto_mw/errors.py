@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ChecksumMismatch",
     "ConfigurationError",
+    "ConnectionClosed",
     "HeaderTimeout",
     "InvalidHeader",
     "MissingHeader",
@@ -49,6 +50,14 @@ class MissingHeader(ProxyProtocolError):
 
 class UntrustedHeader(ProxyProtocolError):
     """A peer that the policy does not trust sent a PROXY header; it is never believed."""
+
+
+class ConnectionClosed(ProxyProtocolError):
+    """The peer closed (or reset) the connection before its header was complete.
+
+    Nothing is wrong with what it sent and no one is left to serve, so adapters close
+    such a connection without logging it.
+    """
 
 
 class HeaderTimeout(ProxyProtocolError):

@@ -37,6 +37,7 @@ __all__ = [
     "Admitted",
     "Mode",
     "TrustPolicy",
+    "environment_policy",
     "log_rejection",
     "logger",
 ]
@@ -265,6 +266,17 @@ class TrustPolicy:
         if self.mode is Mode.OFF:
             return None
         return Admission(self, peer)
+
+
+_environment_policy: TrustPolicy | None = None
+
+
+def environment_policy() -> TrustPolicy:
+    """The policy from the ``PROXYPROTO_*`` variables, read once per process."""
+    global _environment_policy  # noqa: PLW0603
+    if _environment_policy is None:
+        _environment_policy = TrustPolicy.from_environ()
+    return _environment_policy
 
 
 def _name_variable(message: str, env: Mapping[str, str]) -> str:

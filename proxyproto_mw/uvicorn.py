@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
 from .header import ProxyHeader, ProxyProtocolInfo
-from .policy import Admission, Admitted, TrustPolicy, log_rejection, logger
+from .policy import Admission, Admitted, TrustPolicy, environment_policy, log_rejection, logger
 
 try:
     from uvicorn.protocols.http.httptools_impl import (
@@ -39,20 +39,10 @@ try:
 except ImportError:  # pragma: no cover - httptools is an optional extra of uvicorn
     _UvicornHttpToolsProtocol = None  # type: ignore[assignment, misc]
 
-__all__ = ["H11Protocol", "HttpToolsProtocol", "ProxiedTransport", "environment_policy"]
+__all__ = ["H11Protocol", "HttpToolsProtocol", "ProxiedTransport"]
 
 ASGIApp = Callable[..., Any]
 _P = TypeVar("_P", bound="_ProxyProtocolMixin")
-
-_environment_policy: TrustPolicy | None = None
-
-
-def environment_policy() -> TrustPolicy:
-    """The policy from the ``PROXYPROTO_*`` variables, read once per process."""
-    global _environment_policy  # noqa: PLW0603
-    if _environment_policy is None:
-        _environment_policy = TrustPolicy.from_environ()
-    return _environment_policy
 
 
 class ProxiedTransport:
