@@ -68,10 +68,15 @@ class ProxyProtocolMiddleware:
         """Fix the scope of ``http`` and ``websocket`` connections, then call the app."""
         if scope["type"] in ("http", "websocket"):
             info = proxy_protocol(scope)
-            if info is not None and info["client"] is not None:
-                scope["client"] = tuple(info["client"])
-                if info["server"] is not None:
-                    scope["server"] = tuple(info["server"])
+            if info is not None:
+                if info["client"] is not None:
+                    scope["client"] = tuple(info["client"])
+                    if info["server"] is not None:
+                        scope["server"] = tuple(info["server"])
+                # The connection's own scheme, whatever X-Forwarded-Proto said.
+                secure = "wss" if scope["type"] == "websocket" else "https"
+                plain = "ws" if scope["type"] == "websocket" else "http"
+                scope["scheme"] = secure if info["tls"] else plain
             if self.forwarded.enabled:
                 scope["headers"] = self._rewritten(scope)
         await self.app(scope, receive, send)

@@ -2,7 +2,9 @@
 
 ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker app:app --proxy-protocol v2
 --proxy-allow-from 10.0.0.0/8`` runs ASGI apps as the ``uvicorn-worker`` package does, with
-this package's uvicorn protocols. gunicorn's own settings keep their documented meaning:
+this package's uvicorn protocols. ``-k proxyproto_mw.gunicorn.ThreadWorker`` (gunicorn's
+gthread worker) and ``-k proxyproto_mw.gunicorn.SyncWorker`` (its sync worker) run WSGI
+apps. gunicorn's own settings keep their documented meaning:
 
 - ``--proxy-protocol``: ``off`` (gunicorn's default: no header is read), ``v1``, ``v2`` or
   ``auto`` (both), the versions accepted;
@@ -13,23 +15,57 @@ this package's uvicorn protocols. gunicorn's own settings keep their documented 
 ``PROXYPROTO_MODE`` and ``PROXYPROTO_TIMEOUT`` cover what gunicorn has no setting for
 (``PROXYPROTO_TRUSTED`` is not read: ``--proxy-allow-from`` decides). The settings are
 checked when gunicorn starts, so a bad value stops the master with a message naming it.
+
+The WSGI workers read the header once per connection, before gunicorn's parser or its TLS
+sees a byte, and gunicorn's own PROXY parsing is off in them. Every request of the
+connection then gets ``REMOTE_ADDR`` / ``REMOTE_PORT`` from the header's client (as do
+gunicorn's access and error logs, and its ``--forwarded-allow-ips`` check: the client
+wrote the request's headers, not the balancer), ``SERVER_NAME`` / ``SERVER_PORT`` from
+the address the client reached, ``wsgi.url_scheme`` ``https`` when the header's SSL TLV
+says the client used TLS, and ``environ["proxy_protocol"]``, the header as a plain dict
+(:meth:`~proxyproto_mw.header.ProxyHeader.as_dict`). v1 ``UNKNOWN`` and v2 ``LOCAL``
+headers (health checks) keep the socket's addresses. A connection that breaks the policy
+is closed without a byte written, and one WARNING line in gunicorn's error log names the
+peer and the reason.
+
+gunicorn swaps any ``-k ...SyncWorker`` for its own gthread worker when ``--threads`` is
+more than 1, so none of this package's code runs then: use ``SyncWorker`` with one thread
+(gunicorn's default), ``ThreadWorker`` for threads.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import ssl
 import sys
-from typing import Any
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from gunicorn.workers import gthread as _gthread
+from gunicorn.workers import sync as _sync
 from uvicorn.config import create_ssl_context
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
-from .errors import ConfigurationError
-from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, Mode, TrustPolicy
+from .blocking import receive_header, reject
+from .errors import ConfigurationError, ConnectionClosed, ProxyProtocolError
+from .header import Address, ProxyHeader
+from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, Mode, TrustPolicy, logger
 from .uvicorn import H11Protocol, HttpToolsProtocol
 
-__all__ = ["UvicornH11Worker", "UvicornWorker", "policy_from_config", "tls_context_from_config"]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = [
+    "SyncWorker",
+    "ThreadWorker",
+    "UvicornH11Worker",
+    "UvicornWorker",
+    "policy_from_config",
+    "tls_context_from_config",
+]
 
 _VERSIONS = {"v1": (1,), "v2": (2,), "auto": (1, 2)}
 
@@ -73,19 +109,27 @@ def tls_context_from_config(cfg: Any) -> ssl.SSLContext | None:
     )
 
 
-class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
-    """``uvicorn_worker.UvicornWorker`` with PROXY protocol (httptools when installed)."""
-
-    protocol_class: Any = HttpToolsProtocol if HttpToolsProtocol is not None else H11Protocol
+class _ChecksProxySettings:
+    """The PROXY settings checked once, in the master, before any worker starts."""
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        """Check the PROXY settings once, in the master, before any worker starts."""
+        """Stop gunicorn with a message naming the setting that cannot be used."""
         try:
             policy_from_config(cfg)
         except ConfigurationError as error:
             log.error("Error: %s", error)
             sys.exit(1)
+        # gunicorn calls only the worker class's check_config: chain to the worker's own.
+        inherited = getattr(super(), "check_config", None)
+        if inherited is not None:
+            inherited(cfg, log)
+
+
+class UvicornWorker(_ChecksProxySettings, _UvicornWorker):  # type: ignore[misc]
+    """``uvicorn_worker.UvicornWorker`` with PROXY protocol (httptools when installed)."""
+
+    protocol_class: Any = HttpToolsProtocol if HttpToolsProtocol is not None else H11Protocol
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,3 +147,186 @@ class UvicornH11Worker(UvicornWorker):
 
     CONFIG_KWARGS = {"loop": "asyncio", "http": "h11"}  # noqa: RUF012
     protocol_class = H11Protocol
+
+
+# --- WSGI: gunicorn's sync and gthread workers -----------------------------------------------
+#
+# What these workers rely on in gunicorn (27.0.1):
+# - sync: ``SyncWorker.handle(listener, client, addr)`` serves one accepted connection
+#   (TLS wrapping, parser, request) and passes ``addr`` on as the client;
+# - gthread: ``ThreadWorker.accept`` hands each new connection to ``enqueue_req`` as a
+#   ``TConn(cfg, sock, client, server)``; ``ThreadWorker.handle(conn)`` runs in a pool
+#   thread for each request of the connection (it may return ``_DEFER`` before the first);
+#   ``TConn.init`` wraps TLS and builds the parser from ``conn.client``; ``finish_request``
+#   closes the connection when ``handle`` returns False;
+# - both: the parser reads ``cfg.proxy_protocol`` (gunicorn's own PROXY parsing), and
+#   ``self.wsgi(environ, start_response)`` calls the app with the environ that
+#   ``gunicorn.http.wsgi.create`` built from the client and the socket's address.
+
+
+class _HeaderReadSettings:
+    """gunicorn's settings as these workers give them to gunicorn's own code: ``proxy_protocol``
+    is ``off``, since the header is read (or the connection refused) before gunicorn's parser
+    sees a byte; parsing again would take the application's bytes for a second header."""
+
+    proxy_protocol = "off"
+
+    def __init__(self, cfg: Any) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cfg, name)
+
+
+class _Admitted(NamedTuple):
+    """A connection the policy admitted: its header (if any), and the addresses gunicorn uses."""
+
+    header: ProxyHeader | None
+    peer: Address | None
+    """The socket's peer (the balancer), or None on a UNIX socket."""
+    client: Any
+    """What gunicorn takes for the client: the header's source, or the socket's peer."""
+
+    def update(self, environ: WSGIEnvironment) -> None:
+        """Put what the header says about the request's connection into ``environ``."""
+        header = self.header
+        if header is None:
+            return
+        environ["proxy_protocol"] = header.as_dict(self.peer)
+        if header.destination is not None:
+            environ["SERVER_NAME"] = header.destination[0]
+            environ["SERVER_PORT"] = str(header.destination[1])
+        ssl_info = header.ssl
+        if ssl_info is not None and ssl_info.tls:
+            environ["wsgi.url_scheme"] = "https"
+
+
+def _admit(sock: socket.socket, client: Any, policy: TrustPolicy) -> _Admitted | None:
+    """Read the PROXY header of an accepted connection; None when it was refused and closed."""
+    peer = (client[0], client[1]) if isinstance(client, tuple) else None
+    try:
+        header = receive_header(sock, policy, peer)
+    except ProxyProtocolError as error:
+        reject(sock, peer, error)
+        return None
+    except OSError as error:  # the socket failed otherwise: no one is left to serve
+        reject(sock, peer, ConnectionClosed(str(error)))
+        return None
+    if header is None or header.is_local:
+        return _Admitted(header, peer, client)
+    # A header of family UNIX carries no address: the client is a UNIX-socket peer, which
+    # gunicorn writes as an empty address.
+    return _Admitted(header, peer, header.source or "")
+
+
+_serving = threading.local()
+"""``admitted``: the connection this thread serves a request of (None between requests)."""
+
+
+def _app_with_header(app: WSGIApplication) -> WSGIApplication:
+    """``app`` called with the environ of the connection's header."""
+
+    def with_header(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        admitted: _Admitted | None = getattr(_serving, "admitted", None)
+        if admitted is not None:
+            admitted.update(environ)
+        return app(environ, start_response)
+
+    return with_header
+
+
+def _log_like_gunicorn(log: Any) -> None:
+    """Send our log lines to gunicorn's error log, unless logging is configured already."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    error_log = log.error_log
+    for handler in error_log.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(error_log.level)
+    logger.propagate = False
+
+
+class _ReadsHeader(_ChecksProxySettings):
+    """What the WSGI workers share: the policy, gunicorn's PROXY parsing off, the environ."""
+
+    policy: TrustPolicy
+    cfg: Any
+    log: Any
+    wsgi: WSGIApplication
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy = policy_from_config(self.cfg)
+        self.cfg = _HeaderReadSettings(self.cfg)
+
+    def init_process(self) -> None:
+        """Start the worker (in its own process), logging where gunicorn logs."""
+        _log_like_gunicorn(self.log)
+        super().init_process()  # type: ignore[misc]
+
+    def load_wsgi(self) -> None:
+        """gunicorn's app, called with the environ of the connection's header."""
+        super().load_wsgi()  # type: ignore[misc]
+        self.wsgi = _app_with_header(self.wsgi)
+
+
+class SyncWorker(_ReadsHeader, _sync.SyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker, reading the PROXY header of each connection first.
+
+    A sync worker serves one connection at a time and closes it after one response, as
+    gunicorn's does; while a header is late it waits, for at most the header timeout.
+    gunicorn runs its own gthread worker instead of this one when ``--threads`` is more
+    than 1: use :class:`ThreadWorker` for threads.
+    """
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        """Admit the connection through the policy, then let gunicorn serve it."""
+        admitted = _admit(client, addr, self.policy)
+        if admitted is None:
+            return
+        _serving.admitted = admitted
+        try:
+            super().handle(listener, client, admitted.client)
+        finally:
+            _serving.admitted = None
+
+
+class _Connection(_gthread.TConn):  # type: ignore[misc]
+    """gunicorn's gthread connection, with its admission once the header is read."""
+
+    admitted: _Admitted | None = None
+
+    def close(self, graceful: bool = False) -> None:
+        """Close the connection, unless it is closed already (a refused one is)."""
+        if self.sock.fileno() != -1:
+            super().close(graceful)
+
+
+class ThreadWorker(_ReadsHeader, _gthread.ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, reading the PROXY header of each connection first.
+
+    The header is read in the pool thread that takes the connection first, never in the
+    thread that accepts connections and watches kept-alive ones; after it, gunicorn waits
+    for the request as usual. A thread waits for a late header at most the header timeout.
+    """
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand the connection to a pool thread (a new one becomes a :class:`_Connection`)."""
+        if not isinstance(conn, _Connection):  # from accept(): gunicorn's TConn
+            conn = _Connection(conn.cfg, conn.sock, conn.client, conn.server)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: _Connection) -> Any:
+        """Admit a new connection through the policy; then serve its request as gunicorn does."""
+        admitted = conn.admitted
+        if admitted is None:
+            admitted = _admit(conn.sock, conn.client, self.policy)
+            if admitted is None:
+                return False  # refused and closed
+            conn.admitted = admitted
+            conn.client = admitted.client  # before gunicorn builds the parser from it
+        _serving.admitted = admitted
+        try:
+            return super().handle(conn)
+        finally:
+            _serving.admitted = None

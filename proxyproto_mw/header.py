@@ -199,6 +199,7 @@ class ProxyProtocolInfo(TypedDict):
     client: Address | None
     server: Address | None
     peer: Address | None
+    tls: bool
     tlvs: dict[int, bytes]
     alpn: bytes | None
     authority: str | None
@@ -231,10 +232,12 @@ class ProxyHeader(NamedTuple):
         """True when the real connection's addresses apply (LOCAL, UNKNOWN, UNSPEC)."""
         return self.source is None and self.unix is None
 
-    def as_dict(self, peer: Address | None = None) -> ProxyProtocolInfo:
+    def as_dict(self, peer: Address | None = None, *, tls: bool = False) -> ProxyProtocolInfo:
         """Plain values for an ASGI scope extension or a WSGI environ.
 
-        ``peer`` is the address of the load balancer that sent the header.
+        ``peer`` is the address of the load balancer that sent the header; ``tls`` whether
+        the server itself runs TLS on the connection. The dict's ``tls`` is true when
+        it does, or when the balancer's SSL TLV says the client connected over TLS.
         """
         tlvs = self.tlvs  # most headers have none: skip the look-ups then
         ssl = self.ssl if tlvs else None
@@ -244,6 +247,7 @@ class ProxyHeader(NamedTuple):
             "client": self.source,
             "server": self.destination,
             "peer": peer,
+            "tls": tls or (ssl is not None and ssl.tls),
             "tlvs": {tlv.type: tlv.value for tlv in tlvs},
             "alpn": self.alpn if tlvs else None,
             "authority": self.authority if tlvs else None,

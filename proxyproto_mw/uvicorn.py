@@ -75,12 +75,14 @@ class ProxiedTransport:
         return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
 
 
-def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo, tls: bool) -> ASGIApp:
+def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo) -> ASGIApp:
     """``app`` called with the header's details in the scope (and the scheme it implies)."""
     if isinstance(app, ProxyHeadersMiddleware):
         # The header's addresses are authoritative: X-Forwarded-For written by a client
         # must not replace them.
         app = app.app
+
+    tls = info["tls"]
 
     async def with_header(scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope.setdefault("extensions", {})["proxy_protocol"] = info
@@ -171,7 +173,7 @@ class _ProxyProtocolMixin:
         if admission is None:
             self._admission = None
             self._timer = None
-            self._connect(self._raw_transport, None, b"")
+            self._admitted(Admitted(None, b""))
             return
         self._admission = admission
         self._timer = self.loop.call_later(policy.timeout, self._header_timed_out)
@@ -233,7 +235,9 @@ class _ProxyProtocolMixin:
         real = transport
         if header is not None:
             peer = self._raw_transport.get_extra_info("peername")
-            info = header.as_dict((peer[0], peer[1]) if peer else None)
+            info = header.as_dict(
+                (peer[0], peer[1]) if peer else None, tls=self.tls_context is not None
+            )
             if not header.is_local:
                 # LOCAL and UNKNOWN keep the socket's addresses; the others take the header's.
                 extra: dict[str, object] = {
@@ -243,8 +247,7 @@ class _ProxyProtocolMixin:
                     "proxy_protocol": header,
                 }
                 transport = ProxiedTransport(transport, extra)  # type: ignore[assignment]
-            ssl_info = header.ssl
-            self.app = _asgi_with_header(self.app, info, ssl_info is not None and ssl_info.tls)
+            self.app = _asgi_with_header(self.app, info)
             if self.ws_protocol_class is not None:
                 self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app)
         # From here on the real transport calls uvicorn's methods directly.

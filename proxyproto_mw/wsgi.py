@@ -80,9 +80,7 @@ class ProxyProtocolMiddleware:
             if self.server_from_header and server is not None:
                 environ["SERVER_NAME"] = server[0]
                 environ["SERVER_PORT"] = str(server[1])
-            ssl = info["ssl"]
-            if ssl is not None and ssl["tls"]:
-                environ["wsgi.url_scheme"] = "https"
+            environ["wsgi.url_scheme"] = "https" if info["tls"] else "http"
         if self.forwarded.enabled:
             self._rewrite(environ)
         return self.app(environ, start_response)

@@ -415,6 +415,8 @@ defaults
     timeout connect 2s
     timeout client 10s
     timeout server 10s
+    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
+    timeout check 5s
 frontend proxy_v1
     bind 127.0.0.1:{v1_port}
     default_backend uvicorn_v1

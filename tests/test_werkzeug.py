@@ -344,6 +344,8 @@ defaults
     timeout connect 2s
     timeout client 10s
     timeout server 10s
+    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
+    timeout check 5s
 """
 
 HAPROXY_BACKENDS = """\

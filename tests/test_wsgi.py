@@ -25,6 +25,7 @@ def _info(**overrides: Any) -> dict[str, Any]:
         "client": CLIENT,
         "server": DESTINATION,
         "peer": ("127.0.0.1", 5000),
+        "tls": False,
         "tlvs": {},
         "alpn": None,
         "authority": None,
@@ -74,7 +75,7 @@ def test_restores_the_header_client_and_leaves_headers_by_default() -> None:
 
 
 def test_server_from_header_and_https_from_the_ssl_tlv() -> None:
-    info = _info(ssl={"tls": True, "version": "TLSv1.3"})
+    info = _info(ssl={"tls": True, "version": "TLSv1.3"}, tls=True)
     seen = _call({"server_from_header": True}, _environ(proxy_protocol=info))
     assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == ("203.0.113.7", "443")
     assert seen["wsgi.url_scheme"] == "https"

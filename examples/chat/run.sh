@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The chat example: HAProxy (TCP mode, send-proxy-v2) in front of gunicorn with
+# proxyproto_mw.gunicorn.UvicornWorker. Installs what it needs, then runs until Ctrl-C.
+# Open http://127.0.0.1:8081/ in two tabs: every message shows its sender's address.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+FRONT_PORT="${FRONT_PORT:-8081}"
+APP_PORT="${APP_PORT:-8001}"
+
+if ! command -v haproxy >/dev/null; then
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends haproxy curl >/dev/null
+fi
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q -e '.[gunicorn]' fastapi
+
+workdir="$(mktemp -d)"
+sed -e "s/@FRONT_PORT@/$FRONT_PORT/" -e "s/@APP_PORT@/$APP_PORT/" examples/chat/haproxy.cfg > "$workdir/haproxy.cfg"
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$workdir"; }
+pids=()
+trap cleanup EXIT INT TERM
+
+# gunicorn reads PROXY v2 headers, and believes them only from HAProxy (127.0.0.1).
+CHAT_BIND="127.0.0.1:$APP_PORT" gunicorn -c examples/chat/gunicorn.conf.py --no-control-socket &
+pids+=($!)
+# HAProxy starts once gunicorn listens, so that its first health check passes.
+python - "$APP_PORT" <<'PY'
+import socket, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("gunicorn did not start")
+        time.sleep(0.2)
+PY
+haproxy -f "$workdir/haproxy.cfg" -db &
+pids+=($!)
+
+for _ in $(seq 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$FRONT_PORT/healthz" && break
+  sleep 0.2
+done
+echo
+echo "Two clients, from source addresses 127.0.0.2 and 127.0.0.3, through HAProxy:"
+python - "$FRONT_PORT" <<'PY'
+import asyncio, socket, sys
+from websockets.asyncio.client import connect
+
+async def client(source):
+    sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), source_address=(source, 0))
+    return await connect(f"ws://127.0.0.1:{sys.argv[1]}/ws", sock=sock, proxy=None)
+
+async def main():
+    alice, bob = await client("127.0.0.2"), await client("127.0.0.3")
+    for ws in (alice, bob):
+        print("  joined as", (await ws.recv()))
+    await alice.send("hello from alice")
+    print("  bob received", await bob.recv())
+    await alice.close(); await bob.close()
+
+asyncio.run(asyncio.wait_for(main(), 10))
+PY
+echo
+echo "Open http://127.0.0.1:$FRONT_PORT/ in two tabs and write: each message shows the"
+echo "address it came from (here 127.0.0.1, the address your browser connects from)."
+echo "From a terminal: python -m websockets ws://127.0.0.1:$FRONT_PORT/ws"
+echo "Ctrl-C stops the example."
+wait
