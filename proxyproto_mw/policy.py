@@ -18,7 +18,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple
 
-from .decoder import NEED_DATA, HeaderDecoder, NeedData, match_signature
+from .decoder import NEED_DATA, HeaderDecoder, NeedData, decode, match_signature
 from .errors import (
     ConfigurationError,
     HeaderTimeout,
@@ -300,14 +300,21 @@ class Admission:
         self._policy = policy
         self.peer = peer
         self.trusted = policy.trusts(peer[0] if peer else None)
-        self._decoder = HeaderDecoder()
+        # Made only when a header arrives in pieces; most come whole in the first read.
+        self._decoder: HeaderDecoder | None = None
 
     def receive(self, data: bytes) -> Admitted | Literal[NeedData.NEED_DATA]:
         """Feed the connection's next bytes."""
         if not self.trusted:
             return self._receive_untrusted(data)
         try:
-            decoded = self._decoder.feed(data)
+            if self._decoder is None:
+                decoded = decode(data)
+                if decoded is NEED_DATA:
+                    self._buffer(data)
+                    return NEED_DATA
+            else:
+                decoded = self._decoder.feed(data)
         except NotAHeader as error:
             if self._policy.mode is Mode.REQUIRE:
                 raise MissingHeader(
@@ -324,10 +331,10 @@ class Admission:
         return Admitted(header, decoded.rest)
 
     def _receive_untrusted(self, data: bytes) -> Admitted | Literal[NeedData.NEED_DATA]:
-        buffered = self._decoder.buffered + data if self._decoder.buffered else data
+        buffered = self._decoder.buffered + data if self._decoder is not None else data
         signature = match_signature(buffered)
         if signature is None:
-            self._decoder.feed(data)
+            self._buffer(data)
             return NEED_DATA
         if signature:
             setting = self._policy.setting
@@ -341,13 +348,18 @@ class Admission:
             )
         return Admitted(None, buffered)
 
+    def _buffer(self, data: bytes) -> None:
+        if self._decoder is None:
+            self._decoder = HeaderDecoder()
+        self._decoder.feed(data)
+
     @property
     def _host(self) -> str:
         return self.peer[0] if self.peer else "a peer without an IP address"
 
     def timed_out(self) -> ProxyProtocolError:
         """The error to log when the header did not arrive within the policy's timeout."""
-        received = len(self._decoder.buffered)
+        received = 0 if self._decoder is None else len(self._decoder.buffered)
         expected = "PROXY header" if self.trusted else "request"
         return HeaderTimeout(
             f"no complete {expected} within {self._policy.timeout:g} s ({received} bytes received)"

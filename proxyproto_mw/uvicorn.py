@@ -20,6 +20,8 @@ import logging
 import socket
 import ssl
 import sys
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -57,6 +59,12 @@ class ProxiedTransport:
     def __init__(self, transport: asyncio.Transport, extra: dict[str, object]) -> None:
         self._transport = transport
         self._extra = extra
+        # What uvicorn calls on every connection, bound here rather than found by __getattr__.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = transport.close
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The header's view of ``name``, else the real transport's."""
@@ -73,6 +81,63 @@ class ProxiedTransport:
 
     def __repr__(self) -> str:
         return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
+
+
+class _Waiting:
+    """A connection waiting for its header; ``protocol`` is cleared once it is in."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: _ProxyProtocolMixin) -> None:
+        self.protocol: _ProxyProtocolMixin | None = protocol
+
+
+class _HeaderDeadlines:
+    """The header timeouts of one event loop's connections, checked by one timer.
+
+    A timer per connection costs more than the rest of the header's handling; this costs
+    a deque append, and a timeout fires at most ``INTERVAL`` late.
+    """
+
+    INTERVAL = 0.25
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: dict[float, deque[tuple[float, _Waiting]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, protocol: _ProxyProtocolMixin, timeout: float) -> _Waiting:
+        """Time out ``protocol``'s header after ``timeout`` seconds, unless cleared."""
+        waiting = _Waiting(protocol)
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues[timeout] = deque()
+        queue.append((self._loop.time() + timeout, waiting))
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
+        return waiting
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for queue in self._queues.values():
+            while queue and queue[0][0] <= now:
+                protocol = queue.popleft()[1].protocol
+                if protocol is not None:
+                    protocol._header_timed_out()
+        pending = any(self._queues.values())
+        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if pending else None
+
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HeaderDeadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _HeaderDeadlines:
+    deadlines = _deadlines.get(loop)
+    if deadlines is None:
+        deadlines = _deadlines[loop] = _HeaderDeadlines(loop)
+    return deadlines
 
 
 def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo) -> ASGIApp:
@@ -142,7 +207,7 @@ class _ProxyProtocolMixin:
     scheme: str | None
 
     _admission: Admission | None
-    _timer: asyncio.TimerHandle | None
+    _waiting: _Waiting | None
     _raw_transport: asyncio.Transport
     _pending_tls_data: bytearray | None
 
@@ -165,18 +230,18 @@ class _ProxyProtocolMixin:
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
             # connects and leaves): there is no one to serve.
-            self._admission = self._timer = self._pending_tls_data = None
+            self._admission = self._waiting = self._pending_tls_data = None
             self._raw_transport.abort()
             return
         admission = policy.admission(peer or None)
         self._pending_tls_data = None
         if admission is None:
             self._admission = None
-            self._timer = None
+            self._waiting = None
             self._admitted(Admitted(None, b""))
             return
         self._admission = admission
-        self._timer = self.loop.call_later(policy.timeout, self._header_timed_out)
+        self._waiting = _deadlines_of(self.loop).watch(self, policy.timeout)
 
     def data_received(self, data: bytes) -> None:
         """Feed the admission until the header is complete."""
@@ -204,12 +269,12 @@ class _ProxyProtocolMixin:
         self._cancel_timer()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._waiting is not None:
+            self._waiting.protocol = None
+            self._waiting = None
 
     def _header_timed_out(self) -> None:
-        self._timer = None
+        self._waiting = None
         if self._admission is not None:
             self._reject(self._admission.timed_out())
 
@@ -231,7 +296,7 @@ class _ProxyProtocolMixin:
         self, transport: asyncio.Transport, header: ProxyHeader | None, data: bytes
     ) -> None:
         """Hand the connection to uvicorn's protocol; later bytes go straight to it."""
-        base = _base_protocol(type(self))
+        connected = _connected_class(type(self))
         real = transport
         if header is not None:
             peer = self._raw_transport.get_extra_info("peername")
@@ -250,13 +315,13 @@ class _ProxyProtocolMixin:
             self.app = _asgi_with_header(self.app, info)
             if self.ws_protocol_class is not None:
                 self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app)
-        # From here on the real transport calls uvicorn's methods directly.
-        self.data_received = base.data_received.__get__(self)  # type: ignore[method-assign]
-        self.eof_received = base.eof_received.__get__(self)  # type: ignore[method-assign]
-        self.connection_lost = base.connection_lost.__get__(self)  # type: ignore[method-assign]
+        # From here on the real transport calls uvicorn's own methods directly (a class
+        # whose methods are uvicorn's, rather than bound methods stored on the instance,
+        # which would keep every connection alive until the garbage collector runs).
+        self.__class__ = connected
         # uvloop caches the protocol's data_received: make it look again.
         real.set_protocol(self)  # type: ignore[arg-type]
-        base.connection_made(self, transport)
+        connected.connection_made(self, transport)
         if data:
             self.data_received(data)
 
@@ -329,12 +394,26 @@ def _ws_with_app(ws_protocol_class: Any, app: ASGIApp) -> Callable[..., Any]:
     return build
 
 
-def _base_protocol(cls: type) -> Any:
-    """uvicorn's own protocol class behind one of ours."""
-    for klass in cls.__mro__:
-        if klass is _UvicornH11Protocol or klass is _UvicornHttpToolsProtocol:
-            return klass
-    raise TypeError(f"{cls!r} is not built on a uvicorn HTTP protocol")
+def _connected_class(cls: Any) -> Any:
+    """``cls`` once the header is in: uvicorn's own protocol methods, none of ours."""
+    connected = cls.__dict__.get("_connected")
+    if connected is None:
+        base = next((klass for klass in cls.__mro__ if klass in _UVICORN_PROTOCOLS), None)
+        if base is None:
+            raise TypeError(f"{cls!r} is not built on a uvicorn HTTP protocol")
+        methods = ("connection_made", "data_received", "eof_received", "connection_lost")
+        namespace = {name: getattr(base, name) for name in methods}
+        namespace["__module__"] = cls.__module__
+        namespace["_connected"] = None  # set below: the connected class is its own
+        connected = type(cls)(cls.__name__, (cls,), namespace)
+        connected._connected = connected
+        cls._connected = connected
+    return connected
+
+
+_UVICORN_PROTOCOLS = tuple(
+    klass for klass in (_UvicornH11Protocol, _UvicornHttpToolsProtocol) if klass is not None
+)
 
 
 class H11Protocol(_ProxyProtocolMixin, _UvicornH11Protocol, metaclass=_RefusesServerTLS):  # type: ignore[misc]
