@@ -54,6 +54,7 @@ from .errors import ConfigurationError, ConnectionClosed, ProxyProtocolError
 from .header import Address, ProxyHeader
 from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, Mode, TrustPolicy, logger
 from .uvicorn import H11Protocol, HttpToolsProtocol
+from .wsgi import apply_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -159,23 +160,10 @@ class UvicornH11Worker(UvicornWorker):
 #   thread for each request of the connection (it may return ``_DEFER`` before the first);
 #   ``TConn.init`` wraps TLS and builds the parser from ``conn.client``; ``finish_request``
 #   closes the connection when ``handle`` returns False;
-# - both: the parser reads ``cfg.proxy_protocol`` (gunicorn's own PROXY parsing), and
-#   ``self.wsgi(environ, start_response)`` calls the app with the environ that
-#   ``gunicorn.http.wsgi.create`` built from the client and the socket's address.
-
-
-class _HeaderReadSettings:
-    """gunicorn's settings as these workers give them to gunicorn's own code: ``proxy_protocol``
-    is ``off``, since the header is read (or the connection refused) before gunicorn's parser
-    sees a byte; parsing again would take the application's bytes for a second header."""
-
-    proxy_protocol = "off"
-
-    def __init__(self, cfg: Any) -> None:
-        self._cfg = cfg
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cfg, name)
+# - both: the parser reads ``cfg.proxy_protocol`` (gunicorn's own PROXY parsing), which
+#   ``cfg.set`` turns off in a worker's process; ``self.wsgi(environ, start_response)``
+#   calls the app with the environ that ``gunicorn.http.wsgi.create`` built from the
+#   client and the listening socket's address.
 
 
 class _Admitted(NamedTuple):
@@ -187,18 +175,10 @@ class _Admitted(NamedTuple):
     client: Any
     """What gunicorn takes for the client: the header's source, or the socket's peer."""
 
-    def update(self, environ: WSGIEnvironment) -> None:
+    def update(self, environ: WSGIEnvironment, tls: bool) -> None:
         """Put what the header says about the request's connection into ``environ``."""
-        header = self.header
-        if header is None:
-            return
-        environ["proxy_protocol"] = header.as_dict(self.peer)
-        if header.destination is not None:
-            environ["SERVER_NAME"] = header.destination[0]
-            environ["SERVER_PORT"] = str(header.destination[1])
-        ssl_info = header.ssl
-        if ssl_info is not None and ssl_info.tls:
-            environ["wsgi.url_scheme"] = "https"
+        if self.header is not None:
+            apply_header(environ, self.header.as_dict(self.peer, tls=tls), server=True)
 
 
 def _admit(sock: socket.socket, client: Any, policy: TrustPolicy) -> _Admitted | None:
@@ -223,13 +203,13 @@ _serving = threading.local()
 """``admitted``: the connection this thread serves a request of (None between requests)."""
 
 
-def _app_with_header(app: WSGIApplication) -> WSGIApplication:
-    """``app`` called with the environ of the connection's header."""
+def _app_with_header(app: WSGIApplication, tls: bool) -> WSGIApplication:
+    """``app`` called with the environ of the connection's header (``tls``: gunicorn's own)."""
 
     def with_header(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         admitted: _Admitted | None = getattr(_serving, "admitted", None)
         if admitted is not None:
-            admitted.update(environ)
+            admitted.update(environ, tls)
         return app(environ, start_response)
 
     return with_header
@@ -255,19 +235,23 @@ class _ReadsHeader(_ChecksProxySettings):
     wsgi: WSGIApplication
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # in the master, before the fork
         self.policy = policy_from_config(self.cfg)
-        self.cfg = _HeaderReadSettings(self.cfg)
 
     def init_process(self) -> None:
-        """Start the worker (in its own process), logging where gunicorn logs."""
+        """Start the worker, in its own process: gunicorn's PROXY parsing off, our log lines
+        in its error log."""
+        # This process's copy of the settings (the master keeps its own): the header is read,
+        # or the connection refused, before gunicorn's parser sees a byte; parsing again
+        # would take the application's bytes for a second header.
+        self.cfg.set("proxy_protocol", "off")
         _log_like_gunicorn(self.log)
         super().init_process()  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         """gunicorn's app, called with the environ of the connection's header."""
         super().load_wsgi()  # type: ignore[misc]
-        self.wsgi = _app_with_header(self.wsgi)
+        self.wsgi = _app_with_header(self.wsgi, bool(self.cfg.is_ssl))
 
 
 class SyncWorker(_ReadsHeader, _sync.SyncWorker):  # type: ignore[misc]

@@ -38,6 +38,7 @@ from .blocking import receive_header, reject
 from .errors import ConfigurationError, ProxyProtocolError
 from .header import Address, ProxyHeader
 from .policy import Mode, TrustPolicy, environment_policy
+from .wsgi import apply_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -96,13 +97,7 @@ class ProxyProtocolRequestHandler(WSGIRequestHandler):
         environ = super().make_environ()
         header = self.proxy_header
         if header is not None:
-            environ["proxy_protocol"] = header.as_dict(self.proxy_peer)
-            if header.destination is not None:
-                environ["SERVER_NAME"] = header.destination[0]
-                environ["SERVER_PORT"] = str(header.destination[1])
-            ssl = header.ssl
-            if ssl is not None and ssl.tls:
-                environ["wsgi.url_scheme"] = "https"
+            apply_header(environ, header.as_dict(self.proxy_peer), server=True)
         return environ
 
 

@@ -31,7 +31,7 @@ else:
     WSGIApplication = Callable[..., Iterable[bytes]]
     WSGIEnvironment = dict[str, Any]
 
-__all__ = ["ENVIRON_KEY", "ProxyProtocolMiddleware", "proxy_protocol"]
+__all__ = ["ENVIRON_KEY", "ProxyProtocolMiddleware", "apply_header", "proxy_protocol"]
 
 ENVIRON_KEY = "proxy_protocol"
 """Where the servers of this package put the decoded header in the WSGI environ."""
@@ -41,6 +41,28 @@ def proxy_protocol(environ: Mapping[str, Any]) -> ProxyProtocolInfo | None:
     """The decoded PROXY header of a request's environ (Flask: ``request.environ``), or None."""
     info: ProxyProtocolInfo | None = environ.get(ENVIRON_KEY)
     return info
+
+
+def apply_header(environ: WSGIEnvironment, info: ProxyProtocolInfo, *, server: bool) -> None:
+    """Put what a decoded header says of the connection into ``environ``.
+
+    ``REMOTE_ADDR`` / ``REMOTE_PORT`` become the header's client (LOCAL and UNKNOWN
+    headers have none, and keep the socket's), ``SERVER_NAME`` / ``SERVER_PORT`` its
+    destination when ``server`` is set, and ``wsgi.url_scheme`` follows ``info["tls"]``.
+    The werkzeug and gunicorn adapters and :class:`ProxyProtocolMiddleware` all use it.
+    """
+    environ[ENVIRON_KEY] = info
+    client = info["client"]
+    if client is not None:
+        environ["REMOTE_ADDR"] = client[0]
+        # In the server's own type: werkzeug writes an int, gunicorn a str.
+        port = environ.get("REMOTE_PORT")
+        environ["REMOTE_PORT"] = client[1] if isinstance(port, int) else str(client[1])
+    destination = info["server"]
+    if server and destination is not None:
+        environ["SERVER_NAME"] = destination[0]
+        environ["SERVER_PORT"] = str(destination[1])
+    environ["wsgi.url_scheme"] = "https" if info["tls"] else "http"
 
 
 def _environ_key(header: str) -> str:
@@ -72,15 +94,7 @@ class ProxyProtocolMiddleware:
         """Fix the environ, then call the app."""
         info = proxy_protocol(environ)
         if info is not None:
-            client = info["client"]
-            if client is not None:
-                environ["REMOTE_ADDR"] = client[0]
-                environ["REMOTE_PORT"] = str(client[1])
-            server = info["server"]
-            if self.server_from_header and server is not None:
-                environ["SERVER_NAME"] = server[0]
-                environ["SERVER_PORT"] = str(server[1])
-            environ["wsgi.url_scheme"] = "https" if info["tls"] else "http"
+            apply_header(environ, info, server=self.server_from_header)
         if self.forwarded.enabled:
             self._rewrite(environ)
         return self.app(environ, start_response)
