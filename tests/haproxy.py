@@ -30,8 +30,12 @@ __all__ = [
     "connect_from",
     "free_port",
     "haproxy_available",
+    "haproxy_defaults",
+    "haproxy_proxied_pair",
+    "haproxy_stats",
     "ipv6_available",
     "is_listening",
+    "wait_until_healthy",
 ]
 
 Address = tuple[str, int]
@@ -310,6 +314,91 @@ class HAProxy(ServerProcess):
     def __enter__(self) -> HAProxy:
         self.start()
         return self
+
+
+# --- HAProxy configurations for the end-to-end tests, and its stats socket --------------------
+
+STATS_SOCKET = "stats.sock"
+"""The name of the stats socket :func:`haproxy_defaults` puts in the working directory."""
+
+
+def haproxy_defaults(workdir: Path) -> str:
+    """The ``global`` section, with an admin stats socket at ``workdir/stats.sock``, and
+    ``defaults`` for TCP mode with short timeouts and patient health checks."""
+    return f"""\
+global
+    stats socket {workdir}/{STATS_SOCKET} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
+    timeout check 5s
+"""
+
+
+def haproxy_proxied_pair(
+    name: str,
+    ports: tuple[int, int],
+    backend_port: int,
+    *,
+    check: str = "/check",
+    v2_source: str | None = None,
+    v2_options: bool = True,
+) -> str:
+    """A frontend and backend ``{name}_v1`` (``send-proxy``) on 127.0.0.1:``ports[0]`` and
+    ``{name}_v2`` (``send-proxy-v2``) on 127.0.0.1:``ports[1]``, both to the server at
+    127.0.0.1:``backend_port`` with HTTP health checks every 500 ms on ``{check}-v1`` and
+    ``{check}-v2``. The v2 backend connects from ``v2_source`` when given; with
+    ``v2_options`` its headers carry a CRC32C and a unique ID."""
+    source = f" source {v2_source}" if v2_source else ""
+    unique_id = "    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n" if v2_options else ""
+    options = " proxy-v2-options crc32c,unique-id" if v2_options else ""
+    return f"""\
+frontend {name}_v1
+    bind 127.0.0.1:{ports[0]}
+    default_backend {name}_v1
+backend {name}_v1
+    option httpchk GET {check}-v1
+    server app 127.0.0.1:{backend_port} send-proxy check inter 500ms
+frontend {name}_v2
+    bind 127.0.0.1:{ports[1]}
+{unique_id}    default_backend {name}_v2
+backend {name}_v2
+    option httpchk GET {check}-v2
+    server app 127.0.0.1:{backend_port}{source} send-proxy-v2{options} check inter 500ms
+"""
+
+
+def haproxy_stats(socket_path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """``show stat`` on HAProxy's stats socket, by (proxy, server)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stats:
+        stats.settimeout(5)
+        stats.connect(str(socket_path))
+        stats.sendall(b"show stat\n")
+        raw = b""
+        while chunk := stats.recv(65536):
+            raw += chunk
+    lines = raw.decode().splitlines()
+    columns = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(columns, line.split(","), strict=False)) for line in lines[1:] if line]
+    return {(row["pxname"], row["svname"]): row for row in rows}
+
+
+def wait_until_healthy(socket_path: Path, backends: Sequence[str], timeout: float = 10.0) -> None:
+    """Wait until the health checks of server ``app`` pass in every one of ``backends``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stats = haproxy_stats(socket_path)
+            states = [stats[(name, "app")]["check_status"] for name in backends]
+        except OSError:
+            states = []
+        if states == ["L7OK"] * len(backends):
+            return
+        assert time.monotonic() < deadline, f"health checks did not pass: {states}"
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)

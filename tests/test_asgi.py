@@ -31,9 +31,7 @@ from proxyproto_mw import encode_v1, encode_v2
 from proxyproto_mw.asgi import ProxyProtocolMiddleware, proxy_protocol
 from proxyproto_mw.forwarded import ForwardedHeaders
 from proxyproto_mw.header import ProxyProtocolInfo
-from tests.haproxy import free_port
-from tests.servers import Uvicorn
-from tests.test_uvicorn import (
+from tests.clients import (
     CLIENT,
     DESTINATION,
     HttpReader,
@@ -42,6 +40,8 @@ from tests.test_uvicorn import (
     request,
     v2_tlvs,
 )
+from tests.haproxy import free_port
+from tests.servers import Uvicorn
 
 Address = tuple[str, int]
 JSON = dict[str, Any]

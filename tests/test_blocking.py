@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -485,26 +483,6 @@ def test_any_split_leaves_the_payload_exact(header: bytes, payload: bytes, cuts:
 
 
 # --- TLS after the header ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for ``localhost`` and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    directory = tmp_path_factory.mktemp("tls")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost", "-days", "2",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )  # fmt: skip
-    return key, cert
 
 
 def _tls_client(sock: socket.socket, header: bytes, cafile: Path) -> bytes:

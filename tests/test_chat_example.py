@@ -21,10 +21,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 
 from proxyproto_mw import encode_v1, encode_v2
+from tests.clients import WARNING, assert_closed_silently, open_from, request
 from tests.gunicorn_server import Gunicorn
 from tests.haproxy import HAProxy, free_port, haproxy_available
 from tests.servers import REPOSITORY
-from tests.test_uvicorn import WARNING, assert_closed_silently, open_from, request
 
 pytestmark = [
     pytest.mark.timeout(60),

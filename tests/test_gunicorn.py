@@ -25,44 +25,49 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as websocket_connect
 
 from proxyproto_mw import encode_v1, encode_v2
-from tests import test_uvicorn
-from tests.gunicorn_server import WORKER_PID, Gunicorn, gunicorn_argv, run_gunicorn_to_exit
-from tests.haproxy import HAProxy, free_port, haproxy_available, ipv6_available
-from tests.test_uvicorn import (
+from tests.clients import (
     CLIENT,
     DESTINATION,
+    JSON,
     WARNING,
+    Address,
     HttpReader,
     Response,
-    _client_address,
-    _httpx_client,
     assert_closed_silently,
     assert_one_warning,
     assert_websocket_echoes,
+    client_address,
     drain,
-    haproxy_stats,
+    exchange,
+    httpx_client,
     local_address,
     open_from,
     request,
+    send_and_assert_closed_silently,
     websocket_session,
+)
+from tests.gunicorn_server import WORKER_PID, Gunicorn, gunicorn_argv, run_gunicorn_to_exit
+from tests.haproxy import (
+    STATS_SOCKET,
+    HAProxy,
+    free_port,
+    haproxy_available,
+    haproxy_defaults,
+    haproxy_proxied_pair,
+    haproxy_stats,
+    ipv6_available,
+    wait_until_healthy,
 )
 
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for workers"),
 ]
-
-certificate = test_uvicorn.certificate
-"""The self-signed certificate fixture (``openssl req -x509 ... -subj /CN=localhost``)."""
-
-Address = tuple[str, int]
-JSON = dict[str, Any]
 
 WORKER_CLASSES = ("UvicornWorker", "UvicornH11Worker")
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -73,13 +78,6 @@ one of the workers waiting on the shared socket; the same one may win ten times 
 
 
 # --- clients ----------------------------------------------------------------------------
-
-
-def exchange(address: Address, source: str, payload: bytes) -> tuple[Response, Address]:
-    """Send ``payload`` (a header and one request) from ``source``: the response, our address."""
-    with open_from(source, address) as sock:
-        sock.sendall(payload)
-        return HttpReader(sock).response(), local_address(sock)
 
 
 def worker_of(response: Response) -> int:
@@ -122,10 +120,7 @@ def rejected(server: Gunicorn, source: str, payload: bytes, reason: str) -> int:
     """The connection is closed without a byte and a WARNING names ``reason``; the pid of
     the worker that wrote it."""
     mark = server.mark()
-    with open_from(source, server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(payload)
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(server.address, source, payload)
     (line,) = mark.wait_for(rf"{WARNING} {re.escape(peer[0])}:{peer[1]}: .*{reason}")
     found = re.search(r"\[(\d+)\] \[WARNING\] ", line)
     assert found, line
@@ -158,29 +153,6 @@ HEADERS = {
 
 # --- 1. behind HAProxy: keep-alive, WebSocket, graceful reload, a killed worker ------------
 
-HAPROXY_CONFIG = """\
-global
-    stats socket {workdir}/stats.sock mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
-    timeout check 5s
-frontend proxy_v1
-    bind 127.0.0.1:{v1_port}
-    default_backend gunicorn_v1
-frontend proxy_v2
-    bind 127.0.0.1:{v2_port}
-    default_backend gunicorn_v2
-backend gunicorn_v1
-    option httpchk GET /check-v1
-    server app 127.0.0.1:{backend_port} send-proxy check inter 500ms
-backend gunicorn_v2
-    option httpchk GET /check-v2
-    server app 127.0.0.1:{backend_port} send-proxy-v2 check inter 500ms
-"""
 BACKENDS = ("gunicorn_v1", "gunicorn_v2")
 
 
@@ -200,16 +172,7 @@ class Balanced:
 
     def wait_healthy(self, timeout: float = 10.0) -> None:
         """Wait until both backends' health checks pass."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                states = [row["check_status"] for row in self.health().values()]
-            except OSError:
-                states = []
-            if states == ["L7OK", "L7OK"]:
-                return
-            assert time.monotonic() < deadline, f"health checks did not pass: {states}"
-            time.sleep(0.1)
+        wait_until_healthy(self.stats_socket, BACKENDS, timeout)
 
     def assert_still_healthy(self) -> None:
         """Both backends are up and never went down."""
@@ -228,12 +191,12 @@ def balanced(
     workdir = tmp_path_factory.mktemp("gunicorn-haproxy")
     server = Gunicorn(workdir, worker=request.param, allow_from="127.0.0.1")
     v1_port, v2_port = free_port(), free_port()
-    config = HAPROXY_CONFIG.format(
-        workdir=workdir, v1_port=v1_port, v2_port=v2_port, backend_port=server.port
+    config = haproxy_defaults(workdir) + haproxy_proxied_pair(
+        "gunicorn", (v1_port, v2_port), server.port, v2_options=False
     )
     with server, HAProxy(config, workdir) as haproxy:
         frontends = {1: ("127.0.0.1", v1_port), 2: ("127.0.0.1", v2_port)}
-        balanced = Balanced(server, haproxy, frontends, workdir / "stats.sock")
+        balanced = Balanced(server, haproxy, frontends, workdir / STATS_SOCKET)
         balanced.wait_healthy()
         yield balanced
     assert WARNING not in server.output()
@@ -243,7 +206,7 @@ def balanced(
 def each_source_sees_itself(frontend: Address, version: int) -> set[int]:
     """Three keep-alive HTTP clients and three WebSocket clients, from 127.0.0.2, .3 and
     .4, each see their own address; the workers that answered over HTTP."""
-    clients = {source: _httpx_client(source) for source in SOURCES}
+    clients = {source: httpx_client(source) for source in SOURCES}
     connections: dict[str, set[Address]] = {source: set() for source in SOURCES}
     workers = set()
     try:
@@ -252,7 +215,7 @@ def each_source_sees_itself(frontend: Address, version: int) -> set[int]:
                 response = client.get(f"http://127.0.0.1:{frontend[1]}/r{round_number}")
                 assert response.status_code == 200
                 scope = response.json()
-                local = _client_address(response)
+                local = client_address(response)
                 connections[source].add(local)
                 assert local[0] == source
                 assert scope["client"] == list(local)  # not HAProxy's 127.0.0.1
@@ -283,9 +246,9 @@ def reach_every_worker_through(balanced: Balanced, version: int) -> None:
     port = balanced.frontends[version][1]
 
     def attempt() -> int:
-        with _httpx_client("127.0.0.3") as client:
+        with httpx_client("127.0.0.3") as client:
             response = client.get(f"http://127.0.0.1:{port}/which-worker")
-            assert response.json()["client"] == list(_client_address(response))
+            assert response.json()["client"] == list(client_address(response))
         return int(response.headers[WORKER_PID])
 
     on_every_worker(balanced.server, attempt)

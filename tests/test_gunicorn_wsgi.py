@@ -19,54 +19,57 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from proxyproto_mw import Command, encode_v1, encode_v2
-from tests import test_uvicorn
-from tests.gunicorn_server import Gunicorn, gunicorn_argv, run_gunicorn_to_exit
-from tests.haproxy import HAProxy, free_port, haproxy_available
-from tests.servers import LogMark
-from tests.test_uvicorn import (
+from tests.clients import (
     BAD_INPUT,
     CLIENT,
     CLIENT6,
     DESTINATION,
     DESTINATION6,
+    JSON,
+    UNKNOWN_AND_LOCAL,
     WARNING,
+    Address,
     HttpReader,
-    Response,
-    _client_address,
     assert_closed_silently,
     assert_one_warning,
     assert_v2_extension,
-    haproxy_stats,
+    client_address,
+    exchange,
     local_address,
     open_from,
     request,
+    send_and_assert_closed_silently,
+    times_until_closed,
     v2_tlvs,
 )
+from tests.gunicorn_server import Gunicorn, gunicorn_argv, run_gunicorn_to_exit
+from tests.haproxy import (
+    STATS_SOCKET,
+    HAProxy,
+    free_port,
+    haproxy_available,
+    haproxy_defaults,
+    haproxy_proxied_pair,
+    haproxy_stats,
+    wait_until_healthy,
+)
+from tests.servers import LogMark
 
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for workers"),
 ]
-
-certificate = test_uvicorn.certificate
-"""The self-signed certificate fixture (``openssl req -x509 ... -subj /CN=localhost``)."""
-
-Address = tuple[str, int]
-JSON = dict[str, Any]
 
 APP = "tests.wsgi_apps:app"
 KINDS = ("sync", "gthread")
@@ -125,13 +128,13 @@ class WsgiGunicorn(Gunicorn):
         return LogMark(self.stdout_path)
 
 
-def _httpx_client(source: str) -> httpx.Client:
+def httpx_client_noting_address(source: str) -> httpx.Client:
     """An httpx client connecting from ``source``; each response's
     ``extensions["local_address"]`` is the address its connection had (read before a
     server that closes after the response has closed it)."""
 
     def note_address(response: httpx.Response) -> None:
-        response.extensions["local_address"] = _client_address(response)
+        response.extensions["local_address"] = client_address(response)
 
     return httpx.Client(
         transport=httpx.HTTPTransport(local_address=source),
@@ -170,13 +173,6 @@ def theirs(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wsgi
         yield s
 
 
-def exchange(server: Gunicorn, source: str, payload: bytes) -> tuple[Response, Address]:
-    """Send ``payload`` (a header and one request) from ``source``: the response, our address."""
-    with open_from(source, server.address) as sock:
-        sock.sendall(payload)
-        return HttpReader(sock).response(), local_address(sock)
-
-
 def assert_served_as_client(environ: JSON, *, client: Address = CLIENT) -> None:
     """The environ of a request whose connection carried the test header."""
     assert environ["remote_addr"] == client[0]
@@ -198,7 +194,7 @@ def assert_served_from(environ: JSON, local: Address, server: Gunicorn) -> None:
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_environ_has_the_header_addresses(ours: WsgiGunicorn, version: int) -> None:
-    response, local = exchange(ours, BALANCER, HEADERS[version] + request("/addresses"))
+    response, local = exchange(ours.address, BALANCER, HEADERS[version] + request("/addresses"))
     assert response.status == 200
     environ = response.json()
     assert_served_as_client(environ)
@@ -213,7 +209,7 @@ def test_environ_has_the_header_addresses(ours: WsgiGunicorn, version: int) -> N
 
 def test_v2_tlvs_and_the_ssl_tlv_make_https(ours: WsgiGunicorn) -> None:
     header = encode_v2(CLIENT, DESTINATION, tlvs=v2_tlvs(), checksum=True)
-    response, local = exchange(ours, BALANCER, header + request("/tlvs"))
+    response, local = exchange(ours.address, BALANCER, header + request("/tlvs"))
     environ = response.json()
     assert_served_as_client(environ)
     assert environ["scheme"] == "https"  # the client reached the balancer over TLS
@@ -221,7 +217,9 @@ def test_v2_tlvs_and_the_ssl_tlv_make_https(ours: WsgiGunicorn) -> None:
 
 
 def test_ipv6_client_of_a_v1_header(ours: WsgiGunicorn) -> None:
-    response, _ = exchange(ours, BALANCER, encode_v1(CLIENT6, DESTINATION6) + request("/v6"))
+    response, _ = exchange(
+        ours.address, BALANCER, encode_v1(CLIENT6, DESTINATION6) + request("/v6")
+    )
     environ = response.json()
     assert environ["remote_addr"] == CLIENT6[0]
     assert environ["remote_port"] == str(CLIENT6[1])
@@ -230,20 +228,12 @@ def test_ipv6_client_of_a_v1_header(ours: WsgiGunicorn) -> None:
 
 
 @pytest.mark.parametrize(
-    "header, version, command",
-    [
-        (b"PROXY UNKNOWN\r\n", 1, "PROXY"),
-        (b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", 1, "PROXY"),
-        (encode_v2(command=Command.LOCAL), 2, "LOCAL"),
-        # AWS NLB health checks: LOCAL, family INET, TLVs where the address block would be
-        (b"\r\n\r\n\x00\r\nQUIT\n\x20\x11\x00\x07\x04\x00\x04\x00\x00\x00\x00", 2, "LOCAL"),
-    ],
-    ids=["v1-unknown", "v1-unknown-with-fields", "v2-local", "v2-local-nlb"],
+    "header, version, command", UNKNOWN_AND_LOCAL.values(), ids=UNKNOWN_AND_LOCAL.keys()
 )
 def test_unknown_and_local_use_the_socket_addresses(
     ours: WsgiGunicorn, header: bytes, version: int, command: str
 ) -> None:
-    response, local = exchange(ours, BALANCER, header + request("/local"))
+    response, local = exchange(ours.address, BALANCER, header + request("/local"))
     assert response.status == 200
     environ = response.json()
     assert_served_from(environ, local, ours)
@@ -255,7 +245,7 @@ def test_unknown_and_local_use_the_socket_addresses(
 
 def test_access_log_shows_the_header_client(ours: WsgiGunicorn) -> None:
     access = ours.access_mark()
-    exchange(ours, BALANCER, HEADERS[2] + request("/logged"))
+    exchange(ours.address, BALANCER, HEADERS[2] + request("/logged"))
     (line,) = access.wait_for('"GET /logged ')
     assert line.startswith(f"{CLIENT[0]} - - [")
 
@@ -297,7 +287,7 @@ def test_every_request_of_a_connection_sees_the_header(ours: WsgiGunicorn, kind:
 def test_second_header_is_application_data(ours: WsgiGunicorn) -> None:
     """Only the first header counts: a second one is the start of the request (a bad one)."""
     payload = HEADERS[1] + encode_v1(("192.0.2.1", 1), ("192.0.2.2", 2)) + request("/second")
-    response, _ = exchange(ours, BALANCER, payload)
+    response, _ = exchange(ours.address, BALANCER, payload)
     assert response.status == 400
 
 
@@ -318,10 +308,7 @@ def test_header_in_pieces(ours: WsgiGunicorn) -> None:
 @pytest.mark.parametrize("payload, reason", BAD_INPUT.values(), ids=BAD_INPUT.keys())
 def test_bad_input_closes_without_a_byte(ours: WsgiGunicorn, payload: bytes, reason: str) -> None:
     mark = ours.mark()
-    with open_from("127.0.0.1", ours.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(payload)
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(ours.address, "127.0.0.1", payload)
     line = assert_one_warning(mark, peer, reason)
     assert re.search(r"\[\d+\] \[WARNING\] ", line), line  # in gunicorn's error log
 
@@ -331,35 +318,7 @@ def test_header_timeout(ours: WsgiGunicorn) -> None:
     Two such peers at once: a sync worker holds one connection at a time, and two run."""
     partial = {"nothing": b"", "v2": HEADERS[2][:20]}
     mark = ours.mark()
-    closed_after: dict[str, float] = {}
-    failures: list[BaseException] = []
-    peers: dict[str, Address] = {}
-
-    def wait(name: str, sock: socket.socket, started: float) -> None:
-        try:
-            assert_closed_silently(sock, timeout=10)
-            closed_after[name] = time.monotonic() - started
-        except BaseException as error:
-            failures.append(error)
-
-    sockets: list[socket.socket] = []
-    threads = []
-    try:
-        for name, payload in partial.items():
-            started = time.monotonic()
-            sock = open_from("127.0.0.1", ours.address)
-            sockets.append(sock)
-            peers[name] = local_address(sock)
-            sock.sendall(payload)
-            thread = threading.Thread(target=wait, args=(name, sock, started))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(15)
-    finally:
-        for sock in sockets:
-            sock.close()
-    assert not failures, failures
+    closed_after, peers = times_until_closed(ours.address, partial)
     assert set(closed_after) == set(partial)
     for name, seconds in closed_after.items():
         assert 3.0 <= seconds < 5.5, f"{name}: closed after {seconds:.2f} s"
@@ -384,7 +343,9 @@ def test_a_late_header_holds_up_no_one_else(ours: WsgiGunicorn, kind: str) -> No
         time.sleep(0.2)  # every late connection is taken by a worker
         for number in range(6):
             started = time.monotonic()
-            response, _ = exchange(ours, BALANCER, HEADERS[1] + request(f"/meanwhile{number}"))
+            response, _ = exchange(
+                ours.address, BALANCER, HEADERS[1] + request(f"/meanwhile{number}")
+            )
             assert_served_as_client(response.json())
             assert time.monotonic() - started < 1.0
     finally:
@@ -397,17 +358,16 @@ def test_a_late_header_holds_up_no_one_else(ours: WsgiGunicorn, kind: str) -> No
 @pytest.mark.parametrize("version", [1, 2])
 def test_header_from_an_untrusted_peer_is_refused(ours: WsgiGunicorn, version: int) -> None:
     mark = ours.mark()
-    with open_from(UNTRUSTED, ours.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(HEADERS[version] + request("/untrusted"))
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(
+        ours.address, UNTRUSTED, HEADERS[version] + request("/untrusted")
+    )
     line = assert_one_warning(mark, peer, "not trusted")
     assert f"add {UNTRUSTED} to --proxy-allow-from" in line
 
 
 def test_untrusted_peer_without_header_is_served_with_its_address(ours: WsgiGunicorn) -> None:
     mark = ours.mark()
-    response, local = exchange(ours, UNTRUSTED, request("/plain"))
+    response, local = exchange(ours.address, UNTRUSTED, request("/plain"))
     assert local[0] == UNTRUSTED
     environ = response.json()
     assert_served_from(environ, local, ours)
@@ -419,37 +379,12 @@ def test_forwarded_proto_from_the_client_is_not_believed(ours: WsgiGunicorn) -> 
     """--forwarded-allow-ips (default 127.0.0.1,::1) is checked against the header's client,
     who wrote the request's headers, not against the balancer that relayed them."""
     forged = request("/forged", headers="X-Forwarded-Proto: https\r\n")
-    response, _ = exchange(ours, "127.0.0.1", HEADERS[1] + forged)
+    response, _ = exchange(ours.address, "127.0.0.1", HEADERS[1] + forged)
     assert response.json()["scheme"] == "http"
 
 
 # --- 4. behind HAProxy, with health checks ---------------------------------------------------
 
-HAPROXY_CONFIG = """\
-global
-    stats socket {workdir}/stats.sock mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
-    timeout check 5s
-frontend proxy_v1
-    bind 127.0.0.1:{v1_port}
-    default_backend gunicorn_v1
-frontend proxy_v2
-    bind 127.0.0.1:{v2_port}
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    default_backend gunicorn_v2
-backend gunicorn_v1
-    option httpchk GET /check-v1
-    server app 127.0.0.1:{backend_port} send-proxy check inter 500ms
-backend gunicorn_v2
-    option httpchk GET /check-v2
-    server app 127.0.0.1:{backend_port} source 127.0.0.5 send-proxy-v2 \
-proxy-v2-options crc32c,unique-id check inter 500ms
-"""
 BACKENDS = ("gunicorn_v1", "gunicorn_v2")
 HAPROXY_SOURCE = {1: "127.0.0.1", 2: "127.0.0.5"}
 
@@ -469,16 +404,7 @@ class Balanced:
 
     def wait_healthy(self, timeout: float = 10.0) -> None:
         """Wait until both backends' health checks pass."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                states = [row["check_status"] for row in self.health().values()]
-            except OSError:
-                states = []
-            if states == ["L7OK", "L7OK"]:
-                return
-            assert time.monotonic() < deadline, f"health checks did not pass: {states}"
-            time.sleep(0.1)
+        wait_until_healthy(self.stats_socket, BACKENDS, timeout)
 
 
 @pytest.fixture(scope="class")
@@ -488,12 +414,12 @@ def balanced(ours: WsgiGunicorn, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.skip("haproxy is not installed (apt-get install haproxy); CI installs it")
     workdir = tmp_path_factory.mktemp("haproxy")
     v1_port, v2_port = free_port(), free_port()
-    config = HAPROXY_CONFIG.format(
-        workdir=workdir, v1_port=v1_port, v2_port=v2_port, backend_port=ours.port
+    config = haproxy_defaults(workdir) + haproxy_proxied_pair(
+        "gunicorn", (v1_port, v2_port), ours.port, v2_source=HAPROXY_SOURCE[2]
     )
     with HAProxy(config, workdir):
         frontends = {1: ("127.0.0.1", v1_port), 2: ("127.0.0.1", v2_port)}
-        balanced = Balanced(ours, frontends, workdir / "stats.sock")
+        balanced = Balanced(ours, frontends, workdir / STATS_SOCKET)
         balanced.wait_healthy()
         yield balanced
 
@@ -507,7 +433,7 @@ class TestBehindHAProxy:
         """Three httpx clients, from 127.0.0.2, .3 and .4, three requests each: gthread keeps
         each client's connection alive, sync closes it after each response."""
         frontend = balanced.frontends[version]
-        clients = {source: _httpx_client(source) for source in SOURCES}
+        clients = {source: httpx_client_noting_address(source) for source in SOURCES}
         connections: dict[str, set[Address]] = {source: set() for source in SOURCES}
         try:
             for round_number in range(3):
@@ -662,7 +588,9 @@ def test_sync_worker_with_threads_is_gunicorns_gthread(tmp_path: Path) -> None:
     PROXY parsing answers (here with its LOCAL fault)."""
     with WsgiGunicorn(tmp_path, OURS["sync"], threads=4) as server:
         assert "Using worker: gthread" in server.output()
-        response, _ = exchange(server, BALANCER, encode_v2(command=Command.LOCAL) + request())
+        response, _ = exchange(
+            server.address, BALANCER, encode_v2(command=Command.LOCAL) + request()
+        )
     assert response.json()["remote_addr"] is None
 
 
@@ -694,7 +622,7 @@ class TestGunicornsOwnWorker:
         """gunicorn answers a v2 header of version 3 with 500 (and a traceback in its log),
         and believes a header whose CRC32C does not match; ours closes both, silently."""
         payload, reason = BAD_INPUT[case]
-        response, _ = exchange(theirs, BALANCER, payload)
+        response, _ = exchange(theirs.address, BALANCER, payload)
         if case == "v2-version-3":
             assert response.status == 500
             assert "InvalidProxyHeader: Invalid PROXY header: unsupported version 3" in (
@@ -704,18 +632,15 @@ class TestGunicornsOwnWorker:
             assert response.status == 200
             assert response.json()["remote_addr"] == CLIENT[0]
         mark = ours.mark()
-        with open_from(BALANCER, ours.address) as sock:
-            peer = local_address(sock)
-            sock.sendall(payload)
-            assert_closed_silently(sock)
+        peer = send_and_assert_closed_silently(ours.address, BALANCER, payload)
         assert_one_warning(mark, peer, reason)
 
     def test_v1_unknown(self, theirs: WsgiGunicorn, ours: WsgiGunicorn) -> None:
         """gunicorn answers ``PROXY UNKNOWN`` with 400; ours serves it with the socket's
         address."""
         payload = b"PROXY UNKNOWN\r\n" + request("/unknown")
-        assert exchange(theirs, BALANCER, payload)[0].status == 400
-        response, local = exchange(ours, BALANCER, payload)
+        assert exchange(theirs.address, BALANCER, payload)[0].status == 400
+        response, local = exchange(ours.address, BALANCER, payload)
         assert response.status == 200
         assert_served_from(response.json(), local, ours)
 
@@ -723,10 +648,10 @@ class TestGunicornsOwnWorker:
         """gunicorn puts None into REMOTE_ADDR for a LOCAL header (a v2 health check); ours
         the socket's address."""
         payload = encode_v2(command=Command.LOCAL) + request("/local")
-        environ = exchange(theirs, BALANCER, payload)[0].json()
+        environ = exchange(theirs.address, BALANCER, payload)[0].json()
         assert environ["remote_addr"] is None
         assert environ["remote_port"] == "None"
-        response, local = exchange(ours, BALANCER, payload)
+        response, local = exchange(ours.address, BALANCER, payload)
         assert_served_from(response.json(), local, ours)
 
     @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -9,267 +9,60 @@ from the header. Servers are started once per module or class and shared by the 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from websockets.asyncio.client import connect as websocket_connect
 
-from proxyproto_mw import Command, TLVType, encode_v1, encode_v2, ssl_tlv
-from tests.haproxy import HAProxy, free_port, haproxy_available, ipv6_available
-from tests.servers import REPOSITORY, LogMark, Uvicorn, clean_environment, run_to_exit, uvicorn_argv
+from proxyproto_mw import Command, encode_v1, encode_v2
+from tests.clients import (
+    BAD_INPUT,
+    CLIENT,
+    CLIENT6,
+    DESTINATION,
+    DESTINATION6,
+    UNKNOWN_AND_LOCAL,
+    WARNING,
+    Address,
+    HttpReader,
+    assert_one_warning,
+    assert_v2_extension,
+    assert_websocket_echoes,
+    client_address,
+    drain,
+    exchange,
+    httpx_client,
+    local_address,
+    open_from,
+    request,
+    send_and_assert_closed_silently,
+    times_until_closed,
+    v2_tlvs,
+    websocket_session,
+)
+from tests.haproxy import (
+    STATS_SOCKET,
+    HAProxy,
+    free_port,
+    haproxy_available,
+    haproxy_defaults,
+    haproxy_proxied_pair,
+    haproxy_stats,
+    ipv6_available,
+    wait_until_healthy,
+)
+from tests.servers import REPOSITORY, Uvicorn, clean_environment, run_to_exit, uvicorn_argv
 
 pytestmark = pytest.mark.timeout(60)
-
-Address = tuple[str, int]
-JSON = dict[str, Any]
-
-CLIENT: Address = ("198.51.100.22", 35646)
-"""The client address the tests' headers carry (AWS's documentation example)."""
-DESTINATION: Address = ("203.0.113.7", 443)
-"""The address the client reached, as the headers say."""
-CLIENT6: Address = ("2001:db8::22", 50123)
-DESTINATION6: Address = ("2001:db8:0:1::7", 8443)
-
-WARNING = "closing connection from"
-
-
-# --- clients ----------------------------------------------------------------------------
-
-
-def open_from(source: str, address: Address, timeout: float = 5.0) -> socket.socket:
-    """A TCP connection from ``source`` (a loopback address) to ``address``."""
-    family = socket.AF_INET6 if ":" in source else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((source, 0))
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def local_address(sock: socket.socket) -> Address:
-    """The socket's own (host, port)."""
-    host, port = sock.getsockname()[:2]
-    return host, port
-
-
-def request(path: str = "/", *, method: str = "GET", body: bytes = b"", headers: str = "") -> bytes:
-    """An HTTP/1.1 request with a Content-Length."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}"
-    if body or method != "GET":
-        head += f"Content-Length: {len(body)}\r\n"
-    return (head + "\r\n").encode() + body
-
-
-@dataclass
-class Response:
-    """One HTTP response read from a raw socket."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> JSON:
-        """The body as JSON (an object)."""
-        value = json.loads(self.body)
-        assert isinstance(value, dict), value
-        return value
-
-
-class HttpReader:
-    """Reads HTTP/1.1 responses, one after another, from a raw socket (or from ``data``)."""
-
-    def __init__(self, sock: socket.socket | None, data: bytes = b"") -> None:
-        self.sock = sock
-        self.buffer = bytearray(data)
-
-    def _fill(self) -> bool:
-        if self.sock is None:
-            return False
-        chunk = self.sock.recv(65536)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def take(self, size: int) -> bytes:
-        """The next ``size`` bytes; ``EOFError`` if the connection closes first."""
-        while len(self.buffer) < size:
-            if not self._fill():
-                raise EOFError(f"closed in a response body; received {bytes(self.buffer)!r}")
-        taken = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return taken
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                raise EOFError(f"closed in a response; received {bytes(self.buffer)!r}")
-        line, _, rest = bytes(self.buffer).partition(b"\r\n")
-        self.buffer = bytearray(rest)
-        return line
-
-    def response(self) -> Response:
-        """The next response; ``EOFError`` if the connection closes first."""
-        status_line = self._line()
-        status = int(status_line.split(b" ")[1])
-        headers: dict[str, str] = {}
-        while line := self._line():
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if 100 <= status < 200:
-            body = b""
-        elif "content-length" in headers:
-            body = self.take(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self._line().split(b";")[0], 16):
-                chunks.append(self.take(size))
-                self.take(2)
-            while self._line():
-                pass
-            body = b"".join(chunks)
-        else:
-            while self._fill():
-                pass
-            body, self.buffer = bytes(self.buffer), bytearray()
-        return Response(status, headers, body)
-
-
-def drain(sock: socket.socket, timeout: float = 8.0) -> tuple[bytes, str]:
-    """Everything the server sends until it closes: (bytes, ``eof``/``reset``/``timeout``)."""
-    sock.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        return received, "reset"
-    except TimeoutError:
-        return received, "timeout"
-    return received, "eof"
-
-
-def assert_closed_silently(sock: socket.socket, timeout: float = 8.0) -> None:
-    """The server closed the connection without writing a single byte."""
-    received, end = drain(sock, timeout)
-    assert received == b"", f"the server wrote {received!r} before closing"
-    assert end in ("eof", "reset"), f"the connection was not closed within {timeout} s"
-
-
-def exchange(server: Uvicorn, source: str, payload: bytes) -> tuple[Response, Address]:
-    """Send ``payload`` (a header and one request) from ``source``; the response and our
-    address."""
-    with open_from(source, server.address) as sock:
-        sock.sendall(payload)
-        return HttpReader(sock).response(), local_address(sock)
-
-
-@dataclass
-class WebSocketResult:
-    """What a WebSocket session saw: the app's greeting (its scope) and the echoes."""
-
-    scope: JSON
-    text_echo: str | bytes
-    bytes_echo: str | bytes
-    local: Address
-
-
-async def _websocket_session(sock: socket.socket, uri: str) -> WebSocketResult:
-    local = local_address(sock)
-    async with websocket_connect(
-        uri, sock=sock, proxy=None, open_timeout=5, close_timeout=2, ping_interval=None
-    ) as websocket:
-        greeting = await websocket.recv()
-        await websocket.send("hello through the proxy")
-        text_echo = await websocket.recv()
-        await websocket.send(b"\x00\x01\xfe\xff")
-        bytes_echo = await websocket.recv()
-    scope = json.loads(greeting)
-    assert isinstance(scope, dict)
-    return WebSocketResult(scope, text_echo, bytes_echo, local)
-
-
-def websocket_session(
-    address: Address, source: str, header: bytes = b"", path: str = "/ws"
-) -> WebSocketResult:
-    """A WebSocket session with the ``websockets`` client over a socket from ``source`` that
-    sent ``header`` first."""
-    sock = open_from(source, address)
-    sock.sendall(header)
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    uri = f"ws://{host}:{address[1]}{path}"
-
-    async def bounded() -> WebSocketResult:
-        return await asyncio.wait_for(_websocket_session(sock, uri), 15)
-
-    try:
-        return asyncio.run(bounded())
-    finally:
-        sock.close()
-
-
-def assert_websocket_echoes(result: WebSocketResult) -> None:
-    """The echo round trips of :func:`websocket_session` came back unchanged."""
-    assert result.text_echo == "hello through the proxy"
-    assert result.bytes_echo == b"\x00\x01\xfe\xff"
-
-
-def assert_one_warning(mark: LogMark, peer: Address, reason: str) -> str:
-    """Exactly one ``closing connection`` line since ``mark``, naming ``peer`` and ``reason``."""
-    host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
-    pattern = rf"{WARNING} {re.escape(host)}:{peer[1]}: .*{reason}"
-    (line,) = mark.wait_for(pattern)
-    time.sleep(0.1)  # a second line for the same connection would be written by now
-    lines = mark.lines(WARNING)
-    assert lines == [line], f"expected one warning, got {lines}"
-    return line
-
-
-def v2_tlvs() -> list[tuple[int, bytes]]:
-    """The TLVs an HAProxy with ``proxy-v2-options ssl,authority,unique-id`` sends (CRC32C
-    is added by ``encode_v2(checksum=True)``)."""
-    ssl = ssl_tlv(client=0x01, verify=0, version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256")
-    return [
-        (TLVType.ALPN, b"http/1.1"),
-        (TLVType.AUTHORITY, b"app.example.com"),
-        (TLVType.UNIQUE_ID, b"\x00\x01request-42"),
-        (ssl.type, ssl.value),
-    ]
-
-
-def assert_v2_extension(extension: JSON, peer: Address) -> None:
-    """The scope extension of a header built from :func:`v2_tlvs`."""
-    assert extension["version"] == 2
-    assert extension["command"] == "PROXY"
-    assert extension["client"] == list(CLIENT)
-    assert extension["server"] == list(DESTINATION)
-    assert extension["peer"] == list(peer)
-    assert extension["alpn"] == b"http/1.1".hex()
-    assert extension["authority"] == "app.example.com"
-    assert extension["unique_id"] == b"\x00\x01request-42".hex()
-    assert extension["ssl"]["tls"] is True
-    assert extension["ssl"]["version"] == "TLSv1.3"
-    assert extension["ssl"]["cipher"] == "TLS_AES_128_GCM_SHA256"
-    assert set(extension["tlvs"]) == {"1", "2", "3", "5", "32"}
-
 
 # --- servers ----------------------------------------------------------------------------
 
@@ -397,7 +190,7 @@ def test_websocket_sees_the_v2_header_and_its_tlvs(matrix_server: Uvicorn) -> No
 
 def test_http_over_v2_header_is_https(matrix_server: Uvicorn) -> None:
     header = encode_v2(CLIENT, DESTINATION, tlvs=v2_tlvs(), checksum=True)
-    response, local = exchange(matrix_server, "127.0.0.3", header + request("/tls"))
+    response, local = exchange(matrix_server.address, "127.0.0.3", header + request("/tls"))
     scope = response.json()
     assert scope["client"] == list(CLIENT)
     assert scope["server"] == list(DESTINATION)
@@ -407,53 +200,11 @@ def test_http_over_v2_header_is_https(matrix_server: Uvicorn) -> None:
 
 # --- 2. HAProxy in front ------------------------------------------------------------------
 
-HAPROXY_CONFIG = """\
-global
-    stats socket {workdir}/stats.sock mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
-    timeout check 5s
-frontend proxy_v1
-    bind 127.0.0.1:{v1_port}
-    default_backend uvicorn_v1
-frontend proxy_v2
-    bind 127.0.0.1:{v2_port}
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    default_backend uvicorn_v2
-backend uvicorn_v1
-    option httpchk GET /check-v1
-    server app 127.0.0.1:{backend_port} send-proxy check inter 500ms
-backend uvicorn_v2
-    option httpchk GET /check-v2
-    server app 127.0.0.1:{backend_port} source 127.0.0.7 send-proxy-v2 \
-proxy-v2-options crc32c,unique-id check inter 500ms
-"""
-
-
 BACKENDS = ("uvicorn_v1", "uvicorn_v2")
 BALANCER = {1: "127.0.0.1", 2: "127.0.0.7"}
 """The address HAProxy connects to uvicorn from, per backend: two trusted balancers."""
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 """Each client of HAProxy connects from its own address."""
-
-
-def haproxy_stats(socket_path: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """``show stat`` on HAProxy's stats socket, by (proxy, server)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stats:
-        stats.settimeout(5)
-        stats.connect(str(socket_path))
-        stats.sendall(b"show stat\n")
-        raw = b""
-        while chunk := stats.recv(65536):
-            raw += chunk
-    lines = raw.decode().splitlines()
-    columns = lines[0].lstrip("# ").split(",")
-    rows = [dict(zip(columns, line.split(","), strict=False)) for line in lines[1:] if line]
-    return {(row["pxname"], row["svname"]): row for row in rows}
 
 
 @dataclass
@@ -485,37 +236,16 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balanced]:
         env={"PROXYPROTO_TRUSTED": ",".join(BALANCER.values())},
     )
     v1_port, v2_port = free_port(), free_port()
-    config = HAPROXY_CONFIG.format(
-        workdir=workdir, v1_port=v1_port, v2_port=v2_port, backend_port=server.port
+    config = haproxy_defaults(workdir) + haproxy_proxied_pair(
+        "uvicorn", (v1_port, v2_port), server.port, v2_source=BALANCER[2]
     )
     with server, HAProxy(config, workdir) as haproxy:
         balanced = Balanced(
-            server, haproxy, ("127.0.0.1", v1_port), ("127.0.0.1", v2_port), workdir / "stats.sock"
+            server, haproxy, ("127.0.0.1", v1_port), ("127.0.0.1", v2_port), workdir / STATS_SOCKET
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                stats = balanced.stats()
-                states = [stats[(name, "app")]["check_status"] for name in BACKENDS]
-            except OSError:
-                states = []
-            if states == ["L7OK", "L7OK"]:
-                break
-            assert time.monotonic() < deadline, f"health checks did not pass: {states}"
-            time.sleep(0.1)
+        wait_until_healthy(balanced.stats_socket, BACKENDS)
         yield balanced
     _no_errors(server)
-
-
-def _httpx_client(source: str) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.HTTPTransport(local_address=source), trust_env=False, timeout=5
-    )
-
-
-def _client_address(response: httpx.Response) -> Address:
-    host, port = response.extensions["network_stream"].get_extra_info("client_addr")[:2]
-    return host, port
 
 
 @pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed; CI installs it")
@@ -525,7 +255,7 @@ class TestHAProxy:
         self, balanced: Balanced, version: int
     ) -> None:
         frontend = balanced.v1 if version == 1 else balanced.v2
-        clients = {source: _httpx_client(source) for source in SOURCES}
+        clients = {source: httpx_client(source) for source in SOURCES}
         connections: dict[str, set[Address]] = {source: set() for source in SOURCES}
         try:
             for round_number in range(3):
@@ -533,7 +263,7 @@ class TestHAProxy:
                     response = client.get(f"http://127.0.0.1:{frontend[1]}/r{round_number}")
                     assert response.status_code == 200
                     scope = response.json()
-                    local = _client_address(response)
+                    local = client_address(response)
                     connections[source].add(local)
                     assert local[0] == source
                     assert scope["client"] == list(local)  # not HAProxy's 127.0.0.1
@@ -584,7 +314,7 @@ class TestHAProxy:
             lines = access.wait_for(rf'"GET {path} HTTP/1\.0" 200', count=2)
             balancer = re.escape(BALANCER[version])
             assert all(re.search(rf'{balancer}:\d+ - "GET {path} ', line) for line in lines)
-        with _httpx_client("127.0.0.2") as client:
+        with httpx_client("127.0.0.2") as client:
             response = client.get(f"http://127.0.0.1:{balanced.v2[1]}/after-checks")
         assert response.json()["client"][0] == "127.0.0.2"
         assert response.json()["proxy_protocol"]["peer"][0] == BALANCER[2]
@@ -626,7 +356,7 @@ def test_curl_haproxy_protocol(lan_server: Uvicorn) -> None:
 def test_access_log_shows_the_header_client(lan_server: Uvicorn) -> None:
     access = lan_server.access_mark()
     response, _ = exchange(
-        lan_server, "127.0.0.2", encode_v1(CLIENT, DESTINATION) + request("/logged")
+        lan_server.address, "127.0.0.2", encode_v1(CLIENT, DESTINATION) + request("/logged")
     )
     assert response.status == 200
     # uvicorn's default logging configuration writes the access log to stdout.
@@ -637,7 +367,7 @@ def test_access_log_shows_the_header_client(lan_server: Uvicorn) -> None:
 def test_access_log_shows_ipv6_header_client(lan_server: Uvicorn) -> None:
     access = lan_server.access_mark()
     header = encode_v2(CLIENT6, DESTINATION6)
-    response, _ = exchange(lan_server, "127.0.0.2", header + request("/logged6"))
+    response, _ = exchange(lan_server.address, "127.0.0.2", header + request("/logged6"))
     scope = response.json()
     assert scope["client"] == list(CLIENT6)
     assert scope["server"] == list(DESTINATION6)
@@ -647,46 +377,12 @@ def test_access_log_shows_ipv6_header_client(lan_server: Uvicorn) -> None:
 # --- 5. bad input ---------------------------------------------------------------------------
 
 
-def _bad_crc32c() -> bytes:
-    header = bytearray(encode_v2(CLIENT, DESTINATION, tlvs=v2_tlvs(), checksum=True))
-    header[-1] ^= 0xFF  # the CRC32C TLV comes last
-    return bytes(header)
-
-
-BAD_INPUT = {
-    "v1-leading-zero": (
-        b"PROXY TCP4 198.51.100.022 203.0.113.7 35646 443\r\n" + request(),
-        r"invalid IPv4 address '198\.51\.100\.022'",
-    ),
-    "v1-port-leading-zero": (
-        b"PROXY TCP4 198.51.100.22 203.0.113.7 035646 443\r\n" + request(),
-        r"invalid port '035646'",
-    ),
-    "v1-bare-lf": (
-        b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 443\n" + request(),
-        r"LF before its CRLF",
-    ),
-    "v1-garbage-protocol": (b"PROXY TCP5 garbage\r\n" + request(), r"unknown protocol 'TCP5'"),
-    "v1-not-ascii": (b"PROXY \x00\xff\xfe garbage\r\n" + request(), r"not ASCII"),
-    "v2-bad-crc32c": (_bad_crc32c() + request(), r"CRC32C"),
-    "v2-version-3": (
-        encode_v2(CLIENT, DESTINATION)[:12] + b"\x31\x11\x00\x0c" + bytes(12) + request(),
-        r"version 3",
-    ),
-    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64), r"no PROXY header"),
-    "missing-header": (request(), r"no PROXY header from trusted peer 127\.0\.0\.1"),
-}
-
-
 @pytest.mark.parametrize("payload, reason", BAD_INPUT.values(), ids=BAD_INPUT.keys())
 def test_bad_input_closes_without_a_byte(
     strict_server: Uvicorn, payload: bytes, reason: str
 ) -> None:
     mark = strict_server.mark()
-    with open_from("127.0.0.1", strict_server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(payload)
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(strict_server.address, "127.0.0.1", payload)
     assert_one_warning(mark, peer, reason)
 
 
@@ -694,36 +390,7 @@ def test_header_timeout(strict_server: Uvicorn) -> None:
     """Connections whose header is not complete within PROXYPROTO_TIMEOUT=3 are closed."""
     partial = {"nothing": b"", "v1": b"PROXY TCP4 1.2", "v2": encode_v2(CLIENT, DESTINATION)[:20]}
     mark = strict_server.mark()
-    closed_after: dict[str, float] = {}
-    failures: list[BaseException] = []
-    peers: dict[str, Address] = {}
-
-    def wait(name: str, sock: socket.socket, started: float) -> None:
-        try:
-            assert_closed_silently(sock, timeout=10)
-            closed_after[name] = time.monotonic() - started
-        except BaseException as error:
-            failures.append(error)
-
-    # The server's clock starts when it accepts, after connect() began here: measuring
-    # from before connect() can only make the time look longer.
-    sockets: dict[str, socket.socket] = {}
-    threads = []
-    try:
-        for name, payload in partial.items():
-            started = time.monotonic()
-            sock = sockets[name] = open_from("127.0.0.1", strict_server.address)
-            peers[name] = local_address(sock)
-            sock.sendall(payload)
-            thread = threading.Thread(target=wait, args=(name, sock, started))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(15)
-    finally:
-        for sock in sockets.values():
-            sock.close()
-    assert not failures, failures
+    closed_after, peers = times_until_closed(strict_server.address, partial)
     for name, seconds in closed_after.items():
         assert 3.0 <= seconds < 6.0, f"{name}: closed after {seconds:.2f} s"
     assert set(closed_after) == set(partial)
@@ -742,17 +409,16 @@ def test_header_timeout(strict_server: Uvicorn) -> None:
 def test_untrusted_peer_sending_a_header_is_closed(strict_server: Uvicorn) -> None:
     for header in (encode_v1(CLIENT, DESTINATION), encode_v2(CLIENT, DESTINATION)):
         mark = strict_server.mark()
-        with open_from("127.0.0.9", strict_server.address) as sock:
-            peer = local_address(sock)
-            sock.sendall(header + request())
-            assert_closed_silently(sock)
+        peer = send_and_assert_closed_silently(
+            strict_server.address, "127.0.0.9", header + request()
+        )
         line = assert_one_warning(mark, peer, "not trusted")
         assert "PROXYPROTO_TRUSTED" in line
 
 
 def test_untrusted_peer_without_header_is_served_with_its_address(strict_server: Uvicorn) -> None:
     mark = strict_server.mark()
-    response, local = exchange(strict_server, "127.0.0.9", request("/plain"))
+    response, local = exchange(strict_server.address, "127.0.0.9", request("/plain"))
     scope = response.json()
     assert local[0] == "127.0.0.9"
     assert scope["client"] == list(local)
@@ -763,11 +429,11 @@ def test_untrusted_peer_without_header_is_served_with_its_address(strict_server:
 
 def test_optional_mode(optional_server: Uvicorn) -> None:
     mark = optional_server.mark()
-    plain, local = exchange(optional_server, "127.0.0.2", request("/plain"))
+    plain, local = exchange(optional_server.address, "127.0.0.2", request("/plain"))
     assert plain.json()["client"] == list(local)
     assert plain.json()["proxy_protocol"] is None
     proxied, _ = exchange(
-        optional_server, "127.0.0.2", encode_v1(CLIENT, DESTINATION) + request("/proxied")
+        optional_server.address, "127.0.0.2", encode_v1(CLIENT, DESTINATION) + request("/proxied")
     )
     assert proxied.json()["client"] == list(CLIENT)
     assert proxied.json()["server"] == list(DESTINATION)
@@ -776,17 +442,16 @@ def test_optional_mode(optional_server: Uvicorn) -> None:
     assert_websocket_echoes(result)
     assert mark.lines(WARNING) == []
     # optional applies to trusted peers only: an untrusted one's header still closes
-    with open_from("127.0.0.9", optional_server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(encode_v1(CLIENT, DESTINATION) + request())
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(
+        optional_server.address, "127.0.0.9", encode_v1(CLIENT, DESTINATION) + request()
+    )
     assert_one_warning(mark, peer, "PROXYPROTO_TRUSTED")
 
 
 def test_mode_off_decodes_no_header(tmp_path: Path) -> None:
     """PROXYPROTO_MODE=off: connections start with HTTP; a header is just a bad request."""
     with Uvicorn(tmp_path, env={"PROXYPROTO_MODE": "off"}) as server:
-        response, local = exchange(server, "127.0.0.1", request("/plain"))
+        response, local = exchange(server.address, "127.0.0.1", request("/plain"))
         assert response.json()["client"] == list(local)
         assert response.json()["proxy_protocol"] is None
         with open_from("127.0.0.1", server.address) as sock:
@@ -937,7 +602,9 @@ def test_forged_forwarded_for_does_not_replace_the_header_address(lan_server: Uv
     # is the one that counts.
     header = encode_v1(("127.0.0.1", 40000), DESTINATION)
     forged = "X-Forwarded-For: 192.0.2.99\r\nX-Forwarded-Proto: https\r\n"
-    response, _ = exchange(lan_server, "127.0.0.2", header + request("/xff", headers=forged))
+    response, _ = exchange(
+        lan_server.address, "127.0.0.2", header + request("/xff", headers=forged)
+    )
     scope = response.json()
     assert scope["client"] == ["127.0.0.1", 40000]
     assert scope["scheme"] == "http"
@@ -947,20 +614,12 @@ def test_forged_forwarded_for_does_not_replace_the_header_address(lan_server: Uv
 
 
 @pytest.mark.parametrize(
-    "header, version, command",
-    [
-        (encode_v1(), 1, "PROXY"),
-        (b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", 1, "PROXY"),
-        (encode_v2(command=Command.LOCAL), 2, "LOCAL"),
-        # AWS NLB health checks: LOCAL, family INET, TLVs where the address block would be
-        (b"\r\n\r\n\x00\r\nQUIT\n\x20\x11\x00\x07\x04\x00\x04\x00\x00\x00\x00", 2, "LOCAL"),
-    ],
-    ids=["v1-unknown", "v1-unknown-with-fields", "v2-local", "v2-local-nlb"],
+    "header, version, command", UNKNOWN_AND_LOCAL.values(), ids=UNKNOWN_AND_LOCAL.keys()
 )
 def test_unknown_and_local_use_the_socket_addresses(
     lan_server: Uvicorn, header: bytes, version: int, command: str
 ) -> None:
-    response, local = exchange(lan_server, "127.0.0.2", header + request("/local"))
+    response, local = exchange(lan_server.address, "127.0.0.2", header + request("/local"))
     scope = response.json()
     assert local[0] == "127.0.0.2"
     assert scope["client"] == list(local)
@@ -994,7 +653,9 @@ def ipv6_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvicorn]:
 
 
 def test_ipv6_peer_with_headers(ipv6_server: Uvicorn) -> None:
-    response, local = exchange(ipv6_server, "::1", encode_v1(CLIENT, DESTINATION) + request())
+    response, local = exchange(
+        ipv6_server.address, "::1", encode_v1(CLIENT, DESTINATION) + request()
+    )
     scope = response.json()
     assert scope["client"] == list(CLIENT)
     assert scope["server"] == list(DESTINATION)
@@ -1007,7 +668,7 @@ def test_ipv6_peer_with_headers(ipv6_server: Uvicorn) -> None:
 
 def test_ipv6_local_uses_the_socket_addresses(ipv6_server: Uvicorn) -> None:
     header = encode_v2(command=Command.LOCAL)
-    response, local = exchange(ipv6_server, "::1", header + request())
+    response, local = exchange(ipv6_server.address, "::1", header + request())
     scope = response.json()
     assert scope["client"] == list(local)
     assert scope["server"] == ["::1", ipv6_server.port]
@@ -1016,10 +677,7 @@ def test_ipv6_local_uses_the_socket_addresses(ipv6_server: Uvicorn) -> None:
 
 def test_ipv6_peer_is_logged_in_brackets(ipv6_server: Uvicorn) -> None:
     mark = ipv6_server.mark()
-    with open_from("::1", ipv6_server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(request())
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(ipv6_server.address, "::1", request())
     line = assert_one_warning(mark, peer, r"no PROXY header from trusted peer ::1")
     assert f"[::1]:{peer[1]}:" in line
 
@@ -1029,7 +687,7 @@ def test_ipv6_extension_peer_is_host_and_port(ipv6_server: Uvicorn, command: Com
     header = (
         encode_v2(CLIENT, DESTINATION) if command is Command.PROXY else encode_v2(command=command)
     )
-    response, local = exchange(ipv6_server, "::1", header + request())
+    response, local = exchange(ipv6_server.address, "::1", header + request())
     assert response.json()["proxy_protocol"]["peer"] == list(local)
 
 
@@ -1052,25 +710,6 @@ def test_bad_environment_fails_at_start_up(http: str, env: dict[str, str], varia
     assert time.monotonic() - started < 10
     assert variable in completed.stderr
     assert "Uvicorn running" not in completed.stderr
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    directory = tmp_path_factory.mktemp("tls")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-days", "2", "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )  # fmt: skip
-    return key, cert
 
 
 @pytest.mark.parametrize("http", HTTP_CLASSES)
@@ -1114,7 +753,9 @@ def test_policy_from_code(tmp_path: Path, http: str) -> None:
     with Uvicorn(
         tmp_path, port=port, argv=[sys.executable, str(script)], name="from-code"
     ) as server:
-        response, local = exchange(server, "127.0.0.6", encode_v1(CLIENT, DESTINATION) + request())
+        response, local = exchange(
+            server.address, "127.0.0.6", encode_v1(CLIENT, DESTINATION) + request()
+        )
         scope = response.json()
         assert scope["client"] == list(CLIENT)
         assert scope["proxy_protocol"]["peer"] == list(local)

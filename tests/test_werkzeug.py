@@ -19,7 +19,6 @@ import itertools
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,32 +27,44 @@ from pathlib import Path
 import pytest
 
 from proxyproto_mw import Command, encode_v1, encode_v2
-from tests.haproxy import HAProxy, ServerProcess, free_port, haproxy_available, ipv6_available
-from tests.servers import REPOSITORY, LogMark, clean_environment, run_to_exit
-from tests.test_uvicorn import (
+from tests.clients import (
     BAD_INPUT,
     CLIENT,
     CLIENT6,
     DESTINATION,
     DESTINATION6,
     JSON,
+    UNKNOWN_AND_LOCAL,
     WARNING,
+    Address,
     HttpReader,
-    Response,
     assert_closed_silently,
     assert_one_warning,
     assert_v2_extension,
     drain,
-    haproxy_stats,
+    exchange,
     local_address,
     open_from,
     request,
+    send_and_assert_closed_silently,
+    times_until_closed,
     v2_tlvs,
 )
+from tests.haproxy import (
+    STATS_SOCKET,
+    HAProxy,
+    ServerProcess,
+    free_port,
+    haproxy_available,
+    haproxy_defaults,
+    haproxy_proxied_pair,
+    haproxy_stats,
+    ipv6_available,
+    wait_until_healthy,
+)
+from tests.servers import REPOSITORY, LogMark, clean_environment, run_to_exit
 
 pytestmark = pytest.mark.timeout(60)
-
-Address = tuple[str, int]
 
 SERVE = """\
 from proxyproto_mw.werkzeug import run_simple
@@ -183,14 +194,6 @@ def keep_alive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Werk
     _no_errors(server)
 
 
-def exchange(address: Address, source: str, payload: bytes) -> tuple[Response, Address]:
-    """Send ``payload`` (a header and one request) from ``source``; the response and our
-    address."""
-    with open_from(source, address) as sock:
-        sock.sendall(payload)
-        return HttpReader(sock).response(), local_address(sock)
-
-
 # --- 1. what the environ says -----------------------------------------------------------
 
 
@@ -241,15 +244,7 @@ def test_ipv6_header_client(lan_server: Werkzeug, version: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "header, version, command",
-    [
-        (encode_v1(), 1, "PROXY"),
-        (b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", 1, "PROXY"),
-        (encode_v2(command=Command.LOCAL), 2, "LOCAL"),
-        # AWS NLB health checks: LOCAL, family INET, TLVs where the address block would be
-        (b"\r\n\r\n\x00\r\nQUIT\n\x20\x11\x00\x07\x04\x00\x04\x00\x00\x00\x00", 2, "LOCAL"),
-    ],
-    ids=["v1-unknown", "v1-unknown-with-fields", "v2-local", "v2-local-nlb"],
+    "header, version, command", UNKNOWN_AND_LOCAL.values(), ids=UNKNOWN_AND_LOCAL.keys()
 )
 def test_unknown_and_local_use_the_socket_address(
     lan_server: Werkzeug, header: bytes, version: int, command: str
@@ -336,35 +331,6 @@ def test_keep_alive_requests_keep_their_connections_address(keep_alive_server: W
 
 # --- 3. HAProxy in front -----------------------------------------------------------------
 
-HAPROXY_GLOBAL = """\
-global
-    stats socket {workdir}/stats.sock mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    # Health checks may be slow on a loaded 2-core CI machine; the default is "inter".
-    timeout check 5s
-"""
-
-HAPROXY_BACKENDS = """\
-frontend {name}_v1
-    bind 127.0.0.1:{v1_port}
-    default_backend {name}_v1
-backend {name}_v1
-    option httpchk GET /check-{name}-v1
-    server app 127.0.0.1:{backend_port} send-proxy check inter 500ms
-frontend {name}_v2
-    bind 127.0.0.1:{v2_port}
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    default_backend {name}_v2
-backend {name}_v2
-    option httpchk GET /check-{name}-v2
-    server app 127.0.0.1:{backend_port} source 127.0.0.7 send-proxy-v2 \
-proxy-v2-options crc32c,unique-id check inter 500ms
-"""
-
 BALANCER = {1: "127.0.0.1", 2: "127.0.0.7"}
 """The address HAProxy connects from, per PROXY version: the two trusted balancers."""
 KINDS = ("stock", "keepalive")
@@ -397,29 +363,20 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balanced]:
     frontends = {
         (kind, version): ("127.0.0.1", free_port()) for kind in KINDS for version in (1, 2)
     }
-    config = HAPROXY_GLOBAL.format(workdir=workdir) + "".join(
-        HAPROXY_BACKENDS.format(
-            name=kind,
-            v1_port=frontends[(kind, 1)][1],
-            v2_port=frontends[(kind, 2)][1],
-            backend_port=servers[kind].port,
+    config = haproxy_defaults(workdir) + "".join(
+        haproxy_proxied_pair(
+            kind,
+            (frontends[(kind, 1)][1], frontends[(kind, 2)][1]),
+            servers[kind].port,
+            check=f"/check-{kind}",
+            v2_source=BALANCER[2],
         )
         for kind in KINDS
     )
     with servers["stock"], servers["keepalive"], HAProxy(config, workdir):
-        balanced = Balanced(servers, frontends, workdir / "stats.sock")
+        balanced = Balanced(servers, frontends, workdir / STATS_SOCKET)
         backends = [f"{kind}_v{version}" for kind in KINDS for version in (1, 2)]
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                stats = balanced.stats()
-                states = [stats[(name, "app")]["check_status"] for name in backends]
-            except OSError:
-                states = []
-            if states == ["L7OK"] * len(backends):
-                break
-            assert time.monotonic() < deadline, f"health checks did not pass: {states}"
-            time.sleep(0.1)
+        wait_until_healthy(balanced.stats_socket, backends)
         yield balanced
     for server in servers.values():
         _no_errors(server)
@@ -499,10 +456,7 @@ def test_bad_input_closes_without_a_byte(
     strict_server: Werkzeug, payload: bytes, reason: str
 ) -> None:
     mark = strict_server.mark()
-    with open_from("127.0.0.1", strict_server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(payload)
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(strict_server.address, "127.0.0.1", payload)
     assert_one_warning(mark, peer, reason)
 
 
@@ -510,34 +464,7 @@ def test_header_timeout(strict_server: Werkzeug) -> None:
     """Connections whose header is not complete within PROXYPROTO_TIMEOUT=3 are closed."""
     partial = {"nothing": b"", "v1": b"PROXY TCP4 1.2", "v2": encode_v2(CLIENT, DESTINATION)[:20]}
     mark = strict_server.mark()
-    closed_after: dict[str, float] = {}
-    failures: list[BaseException] = []
-    peers: dict[str, Address] = {}
-
-    def wait(name: str, sock: socket.socket, started: float) -> None:
-        try:
-            assert_closed_silently(sock, timeout=10)
-            closed_after[name] = time.monotonic() - started
-        except BaseException as error:
-            failures.append(error)
-
-    sockets: dict[str, socket.socket] = {}
-    threads = []
-    try:
-        for name, payload in partial.items():
-            started = time.monotonic()
-            sock = sockets[name] = open_from("127.0.0.1", strict_server.address)
-            peers[name] = local_address(sock)
-            sock.sendall(payload)
-            thread = threading.Thread(target=wait, args=(name, sock, started))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(15)
-    finally:
-        for sock in sockets.values():
-            sock.close()
-    assert not failures, failures
+    closed_after, peers = times_until_closed(strict_server.address, partial)
     assert set(closed_after) == set(partial)
     for name, seconds in closed_after.items():
         assert 3.0 <= seconds < 6.0, f"{name}: closed after {seconds:.2f} s"
@@ -554,10 +481,9 @@ def test_header_timeout(strict_server: Werkzeug) -> None:
 def test_untrusted_peer_sending_a_header_is_closed(strict_server: Werkzeug) -> None:
     for header in (encode_v1(CLIENT, DESTINATION), encode_v2(CLIENT, DESTINATION)):
         mark = strict_server.mark()
-        with open_from("127.0.0.9", strict_server.address) as sock:
-            peer = local_address(sock)
-            sock.sendall(header + request())
-            assert_closed_silently(sock)
+        peer = send_and_assert_closed_silently(
+            strict_server.address, "127.0.0.9", header + request()
+        )
         line = assert_one_warning(mark, peer, "not trusted")
         assert "add 127.0.0.9 to PROXYPROTO_TRUSTED" in line
 
@@ -615,10 +541,7 @@ def test_ipv6_peer(ipv6_server: Werkzeug) -> None:
     assert (environ["remote_addr"], environ["remote_port"]) == local
     assert environ["server_name"] == "::1"
     mark = ipv6_server.mark()
-    with open_from("::1", ipv6_server.address) as sock:
-        peer = local_address(sock)
-        sock.sendall(request())
-        assert_closed_silently(sock)
+    peer = send_and_assert_closed_silently(ipv6_server.address, "::1", request())
     line = assert_one_warning(mark, peer, r"no PROXY header from trusted peer ::1")
     assert f"[::1]:{peer[1]}:" in line
 

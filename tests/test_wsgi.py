@@ -10,9 +10,9 @@ import pytest
 
 from proxyproto_mw import Command, encode_v1, encode_v2, ssl_tlv
 from proxyproto_mw.wsgi import ProxyProtocolMiddleware, proxy_protocol
+from tests.clients import HttpReader, open_from, request
 from tests.haproxy import ServerProcess, free_port
 from tests.servers import REPOSITORY, clean_environment
-from tests.test_uvicorn import HttpReader, open_from, request
 
 CLIENT = ("198.51.100.22", 35646)
 DESTINATION = ("203.0.113.7", 443)
