@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxyproto_mw import Command, encode_v1, encode_v2, ssl_tlv
+from proxyproto_mw import NEED_DATA, Command, decode, encode_v1, encode_v2, ssl_tlv
 from proxyproto_mw.wsgi import ProxyProtocolMiddleware, proxy_protocol
 from tests.clients import HttpReader, open_from, request
 from tests.haproxy import ServerProcess, free_port
@@ -19,22 +19,10 @@ DESTINATION = ("203.0.113.7", 443)
 
 
 def _info(**overrides: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "version": 2,
-        "command": "PROXY",
-        "client": CLIENT,
-        "server": DESTINATION,
-        "peer": ("127.0.0.1", 5000),
-        "tls": False,
-        "tlvs": {},
-        "alpn": None,
-        "authority": None,
-        "unique_id": None,
-        "ssl": None,
-        "aws_vpce_id": None,
-        "gcp_psc_connection_id": None,
-        "azure_private_link_id": None,
-    }
+    """The dict the servers put in ``environ["proxy_protocol"]`` for a v2 header."""
+    header = decode(encode_v2(CLIENT, DESTINATION))
+    assert header is not NEED_DATA
+    info: dict[str, Any] = dict(header.header.as_dict(("127.0.0.1", 5000)))
     info.update(overrides)
     return info
 
