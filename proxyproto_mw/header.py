@@ -40,6 +40,9 @@ class Family(IntEnum):
     UNIX = 3
 
 
+_PROXY_COMMAND = Command.PROXY
+
+
 class TransportProtocol(IntEnum):
     """Transport protocol, the low nibble of a v2 header's 14th byte."""
 
@@ -243,7 +246,7 @@ class ProxyHeader(NamedTuple):
         ssl = self.ssl if tlvs else None
         return {
             "version": self.version,
-            "command": self.command.value,
+            "command": "PROXY" if self.command is _PROXY_COMMAND else "LOCAL",
             "client": self.source,
             "server": self.destination,
             "peer": peer,

@@ -20,7 +20,6 @@ import logging
 import socket
 import ssl
 import sys
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -128,18 +127,6 @@ class _HeaderDeadlines:
         self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if pending else None
 
 
-_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HeaderDeadlines] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _HeaderDeadlines:
-    deadlines = _deadlines.get(loop)
-    if deadlines is None:
-        deadlines = _deadlines[loop] = _HeaderDeadlines(loop)
-    return deadlines
-
-
 def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo) -> ASGIApp:
     """``app`` called with the header's details in the scope (and the scheme it implies)."""
     if isinstance(app, ProxyHeadersMiddleware):
@@ -203,8 +190,11 @@ class _ProxyProtocolMixin:
     loop: asyncio.AbstractEventLoop
     app: ASGIApp
     config: Config
+    server_state: Any
     ws_protocol_class: Any
     scheme: str | None
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
 
     _admission: Admission | None
     _waiting: _Waiting | None
@@ -224,7 +214,9 @@ class _ProxyProtocolMixin:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the admission; uvicorn's protocol is connected once the header is in."""
-        policy = self.policy or environment_policy()
+        policy = self.policy
+        if policy is None:  # from the environment, read once for the class
+            policy = type(self).policy = environment_policy()
         peer = transport.get_extra_info("peername")
         self._raw_transport = transport  # type: ignore[assignment]
         if not peer and _is_ip_socket(transport):
@@ -241,7 +233,10 @@ class _ProxyProtocolMixin:
             self._admitted(Admitted(None, b""))
             return
         self._admission = admission
-        self._waiting = _deadlines_of(self.loop).watch(self, policy.timeout)
+        deadlines = getattr(self.server_state, "proxyproto_deadlines", None)
+        if deadlines is None:
+            deadlines = self.server_state.proxyproto_deadlines = _HeaderDeadlines(self.loop)
+        self._waiting = deadlines.watch(self, policy.timeout)
 
     def data_received(self, data: bytes) -> None:
         """Feed the admission until the header is complete."""
@@ -255,9 +250,8 @@ class _ProxyProtocolMixin:
         except ProxyProtocolError as error:
             self._reject(error)
             return
-        if admitted is NEED_DATA:
-            return
-        self._admitted(admitted)
+        if admitted is not NEED_DATA:
+            self._admitted(admitted)
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
@@ -296,32 +290,36 @@ class _ProxyProtocolMixin:
         self, transport: asyncio.Transport, header: ProxyHeader | None, data: bytes
     ) -> None:
         """Hand the connection to uvicorn's protocol; later bytes go straight to it."""
-        connected = _connected_class(type(self))
-        real = transport
-        if header is not None:
-            peer = self._raw_transport.get_extra_info("peername")
-            info = header.as_dict(
-                (peer[0], peer[1]) if peer else None, tls=self.tls_context is not None
-            )
-            if not header.is_local:
-                # LOCAL and UNKNOWN keep the socket's addresses; the others take the header's.
-                extra: dict[str, object] = {
-                    "peername": header.source,
-                    "sockname": header.destination,
-                    "socket": None,
-                    "proxy_protocol": header,
-                }
-                transport = ProxiedTransport(transport, extra)  # type: ignore[assignment]
-            self.app = _asgi_with_header(self.app, info)
-            if self.ws_protocol_class is not None:
-                self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app)
+        cls = type(self)
+        connected = cls.__dict__.get("_connected") or _connected_class(cls)
         # From here on the real transport calls uvicorn's own methods directly (a class
         # whose methods are uvicorn's, rather than bound methods stored on the instance,
         # which would keep every connection alive until the garbage collector runs).
         self.__class__ = connected
         # uvloop caches the protocol's data_received: make it look again.
-        real.set_protocol(self)  # type: ignore[arg-type]
+        transport.set_protocol(self)  # type: ignore[arg-type]
         connected.connection_made(self, transport)
+        if header is not None:
+            peer = self._raw_transport.get_extra_info("peername")
+            info = header.as_dict(
+                (peer[0], peer[1]) if peer else None, tls=self.tls_context is not None
+            )
+            extra: dict[str, object] | None = None
+            if header.source is not None:
+                # LOCAL, UNKNOWN (and UNIX) keep the socket's addresses; the others take the
+                # header's: uvicorn's HTTP protocols build every scope from these, and
+                # its WebSocket protocols see them through the transport after an upgrade.
+                self.client = header.source
+                self.server = header.destination
+                extra = {
+                    "peername": header.source,
+                    "sockname": header.destination,
+                    "socket": None,
+                    "proxy_protocol": header,
+                }
+            self.app = _asgi_with_header(self.app, info)
+            if self.ws_protocol_class is not None:
+                self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app, extra)
         if data:
             self.data_received(data)
 
@@ -383,15 +381,43 @@ def _feed(transport: asyncio.BaseTransport, data: bytes) -> None:
         protocol.data_received(data)
 
 
-def _ws_with_app(ws_protocol_class: Any, app: ASGIApp) -> Callable[..., Any]:
-    """A WebSocket protocol factory whose protocols call ``app``."""
+def _ws_with_app(
+    ws_protocol_class: Any, app: ASGIApp, extra: dict[str, object] | None
+) -> Callable[..., Any]:
+    """A WebSocket protocol factory whose protocols call ``app`` and, given the header's
+    ``extra`` transport details, see the connection through a :class:`ProxiedTransport`
+    (uvicorn's WebSocket protocols read their addresses from the transport on upgrade)."""
 
-    def build(**kwargs: Any) -> Any:
-        protocol = ws_protocol_class(**kwargs)
+    def build(**kwargs: Any) -> Any:  # called on an upgrade only
+        if extra is None:
+            protocol = ws_protocol_class(**kwargs)
+        else:
+            protocol = _ws_class_with_view(ws_protocol_class)(**kwargs)
+            protocol._proxy_extra = extra
         protocol.app = app
         return protocol
 
     return build
+
+
+_ws_classes_with_view: dict[type, type] = {}
+
+
+def _ws_class_with_view(ws_protocol_class: Any) -> Any:
+    """``ws_protocol_class`` connected through a :class:`ProxiedTransport`."""
+    subclass = _ws_classes_with_view.get(ws_protocol_class)
+    if subclass is None:
+
+        def connection_made(self: Any, transport: asyncio.Transport) -> None:
+            ws_protocol_class.connection_made(self, ProxiedTransport(transport, self._proxy_extra))
+
+        subclass = type(
+            ws_protocol_class.__name__,
+            (ws_protocol_class,),
+            {"connection_made": connection_made, "__module__": __name__},
+        )
+        _ws_classes_with_view[ws_protocol_class] = subclass
+    return subclass
 
 
 def _connected_class(cls: Any) -> Any:
