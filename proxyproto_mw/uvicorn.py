@@ -6,10 +6,11 @@ environment variables; ``HttpToolsProtocol.with_policy(policy)`` makes a class t
 carries its own, for ``uvicorn.run(app, http=...)``.
 
 Each connection first goes through the policy's admission. Once the header is in, the
-protocol hands the connection to uvicorn's own HTTP protocol with a transport that
-reports the header's addresses (so every request, the access log and the WebSocket
-protocol after an upgrade see them), then gets out of the way: later bytes go straight
-to uvicorn's parser. Connections whose header carries addresses skip uvicorn's
+protocol becomes uvicorn's own HTTP protocol (its class is switched to one whose methods
+are uvicorn's), with the header's client and server addresses, from which uvicorn builds
+every request's scope and its access log. A WebSocket upgrade hands the new protocol a
+:class:`ProxiedTransport` reporting the same addresses. Later bytes go straight to
+uvicorn's parser. Connections whose header carries addresses skip uvicorn's
 ``--proxy-headers`` rewriting, so a forged ``X-Forwarded-For`` cannot replace them.
 """
 
@@ -47,7 +48,8 @@ _P = TypeVar("_P", bound="_ProxyProtocolMixin")
 
 
 class ProxiedTransport:
-    """A connection's transport as the app should see it: the addresses of the PROXY header.
+    """A connection's transport as a WebSocket protocol should see it after an upgrade: the
+    addresses of the PROXY header.
 
     ``get_extra_info`` answers ``peername`` / ``sockname`` from the header, ``socket`` with
     None (so that nothing reads the balancer's address from the socket), and
