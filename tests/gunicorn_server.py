@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tests import apps
-from tests.haproxy import ServerProcess, free_port
-from tests.servers import REPOSITORY, LogMark, clean_environment
+from tests.haproxy import free_port
+from tests.servers import REPOSITORY, AppServer, clean_environment
 
 __all__ = ["APP", "WORKER_PID", "Gunicorn", "app", "gunicorn_argv", "run_gunicorn_to_exit"]
 
@@ -110,7 +110,7 @@ def _session(sid: int) -> set[int]:
     return {member for member, fields in _processes() if int(fields[3]) == sid}
 
 
-class Gunicorn(ServerProcess):
+class Gunicorn(AppServer):
     """``python -m gunicorn -k proxyproto_mw.gunicorn.<worker> ... tests.gunicorn_server:app``.
 
     ``proxy_protocol`` is the argument list that sets it (``("--proxy-protocol", "v2")``,
@@ -136,11 +136,10 @@ class Gunicorn(ServerProcess):
         argv: Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port if port is not None else free_port(host)
+        port = port if port is not None else free_port(host)
         self.workers = workers
         self.unix_socket = unix_socket
-        binds = [f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"]
+        binds = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         if unix_socket is not None:
             binds.append(f"unix:{unix_socket}")
         super().__init__(
@@ -155,12 +154,12 @@ class Gunicorn(ServerProcess):
                 extra=extra,
             ),
             workdir,
-            [(host, self.port)],
-            name=name or f"gunicorn-{worker}-{self.port}",
+            host=host,
+            port=port,
+            name=name or f"gunicorn-{worker}-{port}",
+            env=env,
             start_timeout=START_TIMEOUT,
             stop_timeout=STOP_TIMEOUT,
-            cwd=REPOSITORY,
-            env=clean_environment(env),
         )
 
     def start(self) -> None:
@@ -184,20 +183,6 @@ class Gunicorn(ServerProcess):
             for pid in _session(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """Where gunicorn listens."""
-        return self.host, self.port
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
-
-    def mark(self) -> LogMark:
-        """A mark in stderr, gunicorn's error log (the ``proxyproto_mw`` warnings go there)."""
-        return LogMark(self.stderr_path)
 
     def worker_pids(self) -> set[int]:
         """The master's live children: its workers."""

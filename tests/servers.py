@@ -128,7 +128,66 @@ class LogMark:
             time.sleep(0.02)
 
 
-class Uvicorn(ServerProcess):
+class AppServer(ServerProcess):
+    """A server under test, run from the repository root, listening on one loopback port.
+
+    ``env`` holds the ``PROXYPROTO_*`` variables (the rest of the environment is cleaned);
+    its stderr carries the ``proxyproto_mw`` warnings.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        *,
+        host: str,
+        port: int,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = START_TIMEOUT,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            argv,
+            workdir,
+            [(host, port)],
+            name=name,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            cwd=REPOSITORY,
+            env=clean_environment(env),
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens."""
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    def stderr(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stdout(self) -> str:
+        """Everything the server wrote to stdout so far (uvicorn's access log)."""
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def mark(self) -> LogMark:
+        """A mark in stderr: the ``proxyproto_mw`` warnings written after it."""
+        return LogMark(self.stderr_path)
+
+    def access_mark(self) -> LogMark:
+        """A mark in stdout: the access log lines written after it."""
+        return LogMark(self.stdout_path)
+
+
+class Uvicorn(AppServer):
     """``python -m uvicorn tests.apps:app --http proxyproto_mw.uvicorn:<http> ...``.
 
     ``env`` holds the ``PROXYPROTO_*`` variables; ``port`` defaults to a free one.
@@ -149,46 +208,17 @@ class Uvicorn(ServerProcess):
         argv: Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port if port is not None else free_port(host)
+        port = port if port is not None else free_port(host)
         super().__init__(
             list(argv)
             if argv is not None
-            else uvicorn_argv(self.port, http=http, ws=ws, loop=loop, host=host, extra=extra),
+            else uvicorn_argv(port, http=http, ws=ws, loop=loop, host=host, extra=extra),
             workdir,
-            [(host, self.port)],
-            name=name or f"uvicorn-{http}-{ws}-{loop}-{self.port}",
-            start_timeout=START_TIMEOUT,
-            stop_timeout=STOP_TIMEOUT,
-            cwd=REPOSITORY,
-            env=clean_environment(env),
+            host=host,
+            port=port,
+            name=name or f"uvicorn-{http}-{ws}-{loop}-{port}",
+            env=env,
         )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """Where the server listens."""
-        return self.host, self.port
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
-
-    def stderr(self) -> str:
-        """Everything uvicorn wrote to stderr so far."""
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def stdout(self) -> str:
-        """Everything uvicorn wrote to stdout (its access log) so far."""
-        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-
-    def mark(self) -> LogMark:
-        """A mark in stderr: the ``proxyproto_mw`` warnings written after it."""
-        return LogMark(self.stderr_path)
-
-    def access_mark(self) -> LogMark:
-        """A mark in stdout: the access log lines written after it."""
-        return LogMark(self.stdout_path)
 
     @property
     def running(self) -> bool:

@@ -53,7 +53,6 @@ from tests.clients import (
 from tests.haproxy import (
     STATS_SOCKET,
     HAProxy,
-    ServerProcess,
     free_port,
     haproxy_available,
     haproxy_defaults,
@@ -62,7 +61,7 @@ from tests.haproxy import (
     ipv6_available,
     wait_until_healthy,
 )
-from tests.servers import REPOSITORY, LogMark, clean_environment, run_to_exit
+from tests.servers import AppServer, clean_environment, run_to_exit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,7 +117,7 @@ werkzeug.serving.run_simple({host!r}, {port}, app, threaded=True, request_handle
 """werkzeug's own ``run_simple`` with a subclass of our handler (policy from the environment)."""
 
 
-class Werkzeug(ServerProcess):
+class Werkzeug(AppServer):
     """A werkzeug development server running ``script`` from the repository root."""
 
     def __init__(
@@ -130,31 +129,15 @@ class Werkzeug(ServerProcess):
         host: str = "127.0.0.1",
         name: str = "werkzeug",
     ) -> None:
-        self.host = host
-        self.port = free_port(host)
+        port = free_port(host)
         super().__init__(
-            [sys.executable, "-c", script.format(host=host, port=self.port, extra="")],
+            [sys.executable, "-c", script.format(host=host, port=port, extra="")],
             workdir,
-            [(host, self.port)],
-            name=f"{name}-{self.port}",
-            start_timeout=15.0,
-            stop_timeout=5.0,
-            cwd=REPOSITORY,
-            env=clean_environment(env),
+            host=host,
+            port=port,
+            name=f"{name}-{port}",
+            env=env,
         )
-
-    @property
-    def address(self) -> Address:
-        """Where the server listens."""
-        return self.host, self.port
-
-    def stderr(self) -> str:
-        """What werkzeug wrote to stderr: its log lines, and the ``proxyproto_mw`` warnings."""
-        return self.output()
-
-    def mark(self) -> LogMark:
-        """A mark in stderr."""
-        return LogMark(self.stderr_path)
 
 
 def _no_errors(server: Werkzeug) -> None:
