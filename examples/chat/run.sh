@@ -7,17 +7,11 @@ cd "$(dirname "$0")/../.."
 FRONT_PORT="${FRONT_PORT:-8081}"
 APP_PORT="${APP_PORT:-8001}"
 
-if ! command -v haproxy >/dev/null; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends haproxy curl >/dev/null
-fi
-[ -d .venv ] || python3 -m venv .venv
-. .venv/bin/activate
-python -m pip install -q -e '.[gunicorn]' fastapi
+. examples/setup.sh
+install_example -e '.[gunicorn]' fastapi
 
 workdir="$(mktemp -d)"
-sed -e "s/@FRONT_PORT@/$FRONT_PORT/" -e "s/@APP_PORT@/$APP_PORT/" examples/chat/haproxy.cfg > "$workdir/haproxy.cfg"
+haproxy_config examples/chat/haproxy.cfg "$workdir/haproxy.cfg"
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$workdir"; }
 pids=()
 trap cleanup EXIT INT TERM
