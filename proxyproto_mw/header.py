@@ -251,7 +251,7 @@ class ProxyHeader(NamedTuple):
             "server": self.destination,
             "peer": peer,
             "tls": tls or (ssl is not None and ssl.tls),
-            "tlvs": {tlv.type: tlv.value for tlv in tlvs},
+            "tlvs": {tlv.type: tlv.value for tlv in tlvs} if tlvs else {},
             "alpn": self.alpn if tlvs else None,
             "authority": self.authority if tlvs else None,
             "unique_id": self.unique_id if tlvs else None,

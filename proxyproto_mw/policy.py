@@ -30,6 +30,8 @@ from .errors import (
 )
 from .header import Address, ProxyHeader
 
+_new = tuple.__new__
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_TRUSTED",
@@ -328,7 +330,7 @@ class Admission:
         if header.version not in self._policy.versions:
             accepted = " and ".join(f"v{v}" for v in sorted(self._policy.versions))
             raise InvalidHeader(f"v{header.version} PROXY header, but only {accepted} accepted")
-        return Admitted(header, decoded.rest)
+        return _new(Admitted, (header, decoded.rest))  # Admitted(...) without its Python __new__
 
     def _receive_untrusted(self, data: bytes) -> Admitted | Literal[NeedData.NEED_DATA]:
         buffered = self._decoder.buffered + data if self._decoder is not None else data

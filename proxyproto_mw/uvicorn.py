@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl
 import sys
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from uvicorn.config import Config
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .decoder import NEED_DATA
@@ -84,49 +86,39 @@ class ProxiedTransport:
         return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
 
 
-class _Waiting:
-    """A connection waiting for its header; ``protocol`` is cleared once it is in."""
-
-    __slots__ = ("protocol",)
-
-    def __init__(self, protocol: _ProxyProtocolMixin) -> None:
-        self.protocol: _ProxyProtocolMixin | None = protocol
-
-
 class _HeaderDeadlines:
-    """The header timeouts of one event loop's connections, checked by one timer.
+    """The connections of one event loop still waiting for their header, under one timer.
 
-    A timer per connection costs more than the rest of the header's handling; this costs
-    a deque append, and a timeout fires at most ``INTERVAL`` late.
+    Watching a connection costs a set insertion and reading a counter: no timer and no
+    clock per connection. Every ``INTERVAL`` seconds a sweep advances ``tick`` and closes
+    the connections whose deadline has passed: at least their timeout after they arrived
+    (a late sweep only makes it later), and less than two ``INTERVAL``s more on an idle loop.
     """
 
     INTERVAL = 0.25
 
+    __slots__ = ("_loop", "_timer", "tick", "waiting")
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queues: dict[float, deque[tuple[float, _Waiting]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self.tick = 0
+        self.waiting: set[_ProxyProtocolMixin] = set()
 
-    def watch(self, protocol: _ProxyProtocolMixin, timeout: float) -> _Waiting:
-        """Time out ``protocol``'s header after ``timeout`` seconds, unless cleared."""
-        waiting = _Waiting(protocol)
-        queue = self._queues.get(timeout)
-        if queue is None:
-            queue = self._queues[timeout] = deque()
-        queue.append((self._loop.time() + timeout, waiting))
+    def watch(self, protocol: _ProxyProtocolMixin, timeout: float) -> None:
+        """Time out ``protocol``'s header after ``timeout`` s, unless it leaves ``waiting``."""
+        # One sweep more than the timeout spans: part of the current interval has passed.
+        protocol._deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
+        self.waiting.add(protocol)
         if self._timer is None:
             self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
-        return waiting
 
     def _sweep(self) -> None:
-        now = self._loop.time()
-        for queue in self._queues.values():
-            while queue and queue[0][0] <= now:
-                protocol = queue.popleft()[1].protocol
-                if protocol is not None:
-                    protocol._header_timed_out()
-        pending = any(self._queues.values())
-        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if pending else None
+        self.tick += 1
+        tick = self.tick
+        for protocol in [p for p in self.waiting if p._deadline_tick <= tick]:
+            protocol._header_timed_out()
+        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if self.waiting else None
 
 
 def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo) -> ASGIApp:
@@ -198,10 +190,23 @@ class _ProxyProtocolMixin:
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
 
+    # uvicorn's own attributes, set by its connection_made; ours sets them from the header.
+    connections: set[Any]
+    transport: asyncio.Transport
+    flow: FlowControl
+    logger: logging.Logger
+
     _admission: Admission | None
-    _waiting: _Waiting | None
     _raw_transport: asyncio.Transport
     _pending_tls_data: bytearray | None
+    _deadline_tick: int
+    _deadlines: _HeaderDeadlines | None = None
+    _proxy_header: ProxyHeader | None = None
+    _proxy_info: ProxyProtocolInfo | None = None
+    """The scope extension of a connection that came with a header."""
+    _adds_extension: ClassVar[bool] = False
+    """Whether the HTTP protocol puts the extension into each request's scope itself;
+    otherwise the app is wrapped to do it."""
 
     @classmethod
     def with_policy(
@@ -221,24 +226,22 @@ class _ProxyProtocolMixin:
             policy = type(self).policy = environment_policy()
         peer = transport.get_extra_info("peername")
         self._raw_transport = transport  # type: ignore[assignment]
+        self._pending_tls_data = None
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
             # connects and leaves): there is no one to serve.
-            self._admission = self._waiting = self._pending_tls_data = None
+            self._admission = None
             self._raw_transport.abort()
             return
-        admission = policy.admission(peer or None)
-        self._pending_tls_data = None
+        admission = self._admission = policy.admission(peer or None)
         if admission is None:
-            self._admission = None
-            self._waiting = None
             self._admitted(Admitted(None, b""))
             return
-        self._admission = admission
-        deadlines = getattr(self.server_state, "proxyproto_deadlines", None)
+        deadlines = self.server_state.__dict__.get("proxyproto_deadlines")
         if deadlines is None:
             deadlines = self.server_state.proxyproto_deadlines = _HeaderDeadlines(self.loop)
-        self._waiting = deadlines.watch(self, policy.timeout)
+        self._deadlines = deadlines
+        deadlines.watch(self, policy.timeout)
 
     def data_received(self, data: bytes) -> None:
         """Feed the admission until the header is complete."""
@@ -257,31 +260,33 @@ class _ProxyProtocolMixin:
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
-        self._cancel_timer()
+        self._stop_waiting()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection ended before the header was complete."""
-        self._cancel_timer()
+        self._stop_waiting()
 
-    def _cancel_timer(self) -> None:
-        if self._waiting is not None:
-            self._waiting.protocol = None
-            self._waiting = None
+    def _stop_waiting(self) -> None:
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.waiting.discard(self)
+            self._deadlines = None
 
     def _header_timed_out(self) -> None:
-        self._waiting = None
         if self._admission is not None:
             self._reject(self._admission.timed_out())
+        else:
+            self._stop_waiting()
 
     def _reject(self, error: ProxyProtocolError) -> None:
-        self._cancel_timer()
+        self._stop_waiting()
         self._admission = None
         log_rejection(self._raw_transport.get_extra_info("peername"), error)
         self._raw_transport.abort()
 
     def _admitted(self, admitted: Admitted) -> None:
-        self._cancel_timer()
+        self._stop_waiting()
         self._admission = None
         if self.tls_context is not None:
             self._start_tls(admitted)
@@ -300,30 +305,54 @@ class _ProxyProtocolMixin:
         self.__class__ = connected
         # uvloop caches the protocol's data_received: make it look again.
         transport.set_protocol(self)  # type: ignore[arg-type]
-        connected.connection_made(self, transport)
-        if header is not None:
+        if header is None:
+            connected.connection_made(self, transport)
+        else:
             peer = self._raw_transport.get_extra_info("peername")
-            info = header.as_dict(
-                (peer[0], peer[1]) if peer else None, tls=self.tls_context is not None
-            )
-            extra: dict[str, object] | None = None
-            if header.source is not None:
-                # LOCAL, UNKNOWN (and UNIX) keep the socket's addresses; the others take the
-                # header's: uvicorn's HTTP protocols build every scope from these, and
-                # its WebSocket protocols see them through the transport after an upgrade.
+            tls = self.tls_context is not None
+            info = self._proxy_info = header.as_dict((peer[0], peer[1]) if peer else None, tls=tls)
+            self._proxy_header = header
+            if header.source is None:
+                # LOCAL, UNKNOWN (and UNIX) keep the socket's addresses.
+                connected.connection_made(self, transport)
+            else:
+                # uvicorn's connection_made, with the header's addresses where it would ask
+                # the socket: uvicorn builds every request's scope from these.
+                self.connections.add(self)
+                self.transport = transport
+                self.flow = FlowControl(transport)
                 self.client = header.source
                 self.server = header.destination
+                if self.logger.level <= TRACE_LOG_LEVEL:
+                    self.logger.log(TRACE_LOG_LEVEL, "%s:%d - HTTP connection made", *header.source)
+            self.scheme = "https" if info["tls"] else "http"
+            app = self.app
+            if isinstance(app, ProxyHeadersMiddleware):
+                # The header's addresses are authoritative: X-Forwarded-For written by a
+                # client must not replace them.
+                app = self.app = app.app
+            if not self._adds_extension:
+                self.app = _asgi_with_header(app, info)
+        if data:
+            self.data_received(data)
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        """Give the WebSocket protocol the header's app and addresses, then upgrade."""
+        info = self._proxy_info
+        header = self._proxy_header
+        if info is not None and header is not None and self.ws_protocol_class is not None:
+            extra: dict[str, object] | None = None
+            if header.source is not None:
+                # uvicorn's WebSocket protocols read their addresses from the transport.
                 extra = {
                     "peername": header.source,
                     "sockname": header.destination,
                     "socket": None,
                     "proxy_protocol": header,
                 }
-            self.app = _asgi_with_header(self.app, info)
-            if self.ws_protocol_class is not None:
-                self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, self.app, extra)
-        if data:
-            self.data_received(data)
+            app = self.app if not self._adds_extension else _asgi_with_header(self.app, info)
+            self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, app, extra)
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
 
     def _start_tls(self, admitted: Admitted) -> None:
         """Serve TLS on the connection after its header (the header itself is in clear)."""
@@ -454,3 +483,13 @@ if _UvicornHttpToolsProtocol is not None:
         _ProxyProtocolMixin, _UvicornHttpToolsProtocol, metaclass=_RefusesServerTLS
     ):
         """uvicorn's httptools protocol behind a PROXY header."""
+
+        _adds_extension = True
+
+        def on_message_begin(self) -> None:
+            """Start a request's scope, with the header's extension when there is one."""
+            _UvicornHttpToolsProtocol.on_message_begin(self)
+            info = self._proxy_info
+            if info is not None:
+                extension: dict[str, Any] = {"proxy_protocol": info}
+                self.scope["extensions"] = extension
