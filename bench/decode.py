@@ -1,7 +1,8 @@
 """Decode speed: ``proxyproto_mw.decode`` against ``proxy-protocol`` 0.11.3, same bytes, same run.
 
 Run ``python bench/decode.py`` (about 20-30 s), ``--quick`` (a few seconds) for a smoke
-run, ``--markdown PATH`` to also write the table and its footnotes as Markdown.
+run, ``--markdown PATH`` to also write the table and its footnotes as Markdown, ``--pure``
+to time the pure-Python decoder even where the C accelerator is built.
 Each cell is the best (minimum) of many ``timeit`` repeats, divided by the calls per
 repeat; the repeats of the two libraries alternate so that drift hits both alike.
 """
@@ -28,12 +29,15 @@ import proxyproto_mw
 from proxyproto_mw import (
     ChecksumMismatch,
     Decoded,
+    NeedData,
     TLVType,
-    decode,
     encode_v1,
     encode_v2,
     ssl_tlv,
 )
+from proxyproto_mw.decoder import ACCELERATED, _decode_python, decode
+
+Decode = Callable[[bytes], Decoded | NeedData]
 
 THEIRS_VERSION = version("proxy-protocol")
 THEIRS = f"proxy-protocol {THEIRS_VERSION}"
@@ -101,7 +105,7 @@ def _their_source(result: ProxyResult) -> tuple[str, int]:
     return str(source[0]), source[1]
 
 
-def check(case: Case) -> bool:
+def check(case: Case, decode: Decode) -> bool:
     """Check both decode ``case.data`` to its source address; False if theirs rejects it.
 
     proxy-protocol may reject a valid header with a CRC32C (footnote [2]); that row is
@@ -120,7 +124,7 @@ def check(case: Case) -> bool:
     return True
 
 
-def crc32c_checked() -> tuple[bool, bool]:
+def crc32c_checked(decode: Decode) -> tuple[bool, bool]:
     """Whether each library rejects the TLV header with one bit of its UNIQUE_ID flipped."""
     data = bytearray(_v2_with_crc32c(TYPE_ORDER))
     data[data.index(UNIQUE_ID[1]) + 3] ^= 0x01
@@ -166,7 +170,7 @@ class Row:
     theirs: float | None
 
 
-def run(cases: list[tuple[Case, bool]], repeats: int, seconds: float) -> list[Row]:
+def run(cases: list[tuple[Case, bool]], repeats: int, seconds: float, decode: Decode) -> list[Row]:
     """Time each case; proxy-protocol only where it accepts the header."""
     rows = []
     for case, theirs_accepts in cases:
@@ -229,12 +233,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> list[str]:
+def implementation(pure: bool) -> str:
+    """Which decoder is timed, as the header line says it."""
+    if pure:
+        return f"pure Python (--pure; ACCELERATED = {ACCELERATED})"
+    if ACCELERATED:
+        return "C accelerator (ACCELERATED = True)"
+    return (
+        "pure Python (ACCELERATED = False: the C accelerator is not built, "
+        "or PROXYPROTO_NO_EXTENSIONS is set)"
+    )
+
+
+def environment(pure: bool) -> list[str]:
     return [
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"Python: {platform.python_implementation()} {platform.python_version()} "
         f"({platform.system()} {platform.machine()})",
         f"CPU: {cpu_model()}",
+        f"{OURS} decoder timed: {implementation(pure)}",
     ]
 
 
@@ -271,21 +288,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short run (a few seconds)")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write Markdown")
+    parser.add_argument(
+        "--pure", action="store_true", help="time the pure-Python decoder, not the C accelerator"
+    )
     args = parser.parse_args(argv)
     repeats, seconds = (7, 0.01) if args.quick else (40, 0.05)
+    ours: Decode = _decode_python if args.pure else decode
 
     if CASES[0].data != V1_TCP4:
         raise AssertionError(f"encode_v1 gave {CASES[0].data!r}")
-    checked = [(case, check(case)) for case in CASES]
+    checked = [(case, check(case, ours)) for case in CASES]
     rejected = [case.name for case, accepted in checked if not accepted]
     if any("HAProxy order" not in name for name in rejected):
         raise AssertionError(f"{THEIRS} rejects {rejected}")
-    ours_crc, theirs_crc = crc32c_checked()
+    ours_crc, theirs_crc = crc32c_checked(ours)
     if not ours_crc:
         raise AssertionError("proxyproto-mw accepted a header with a wrong CRC32C")
 
-    rows = run(checked, repeats, seconds)
-    head = environment()
+    rows = run(checked, repeats, seconds, ours)
+    head = environment(args.pure)
     notes = footnotes(repeats, ours_crc, theirs_crc, bool(rejected))
     print("\n".join(head))
     print()

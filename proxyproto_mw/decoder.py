@@ -11,6 +11,7 @@ the grammar. The decoder never waits for more than the longest possible header
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -31,6 +32,7 @@ from .header import (
 )
 
 __all__ = [
+    "ACCELERATED",
     "NEED_DATA",
     "V1_MAX_LENGTH",
     "V1_SIGNATURE",
@@ -103,6 +105,7 @@ _V2_KINDS: Final = tuple(
 _unpack_fixed = struct.Struct("!BBH").unpack_from  # version/command, family/transport, length
 _unpack_inet = struct.Struct("!8BHH").unpack_from  # two IPv4 addresses byte by byte, two ports
 _unpack_inet6 = struct.Struct("!16s16sHH").unpack_from
+_unpack_u32 = struct.Struct("!I").unpack_from
 _OCTETS: Final = tuple(str(octet) for octet in range(256))
 
 
@@ -121,8 +124,12 @@ def match_signature(data: bytes) -> bool | None:
     return None if signature.startswith(data) else False
 
 
-def decode(data: bytes) -> Decoded | NeedData:
-    """Decode the header at the start of ``data`` (a connection's first bytes, all of them)."""
+def _decode_python(data: bytes) -> Decoded | NeedData:
+    """Decode the header at the start of ``data`` (a connection's first bytes, all of them).
+
+    The pure-Python decoder: the reference for the optional C accelerator, and the
+    fallback it calls for every input it does not handle itself.
+    """
     # A slice compared is about 3x cheaper than bytes.startswith (its argument parsing).
     if data[:12] == V2_SIGNATURE:
         return _decode_v2(data)
@@ -385,7 +392,7 @@ def _check_ssl(value: bytes) -> None:
 
 def _check_crc32c(data: bytes, end: int, value_at: int) -> None:
     """Check the CRC32C whose value starts at ``value_at``: computed with that field zeroed."""
-    expected = int.from_bytes(data[value_at : value_at + 4], "big")
+    (expected,) = _unpack_u32(data, value_at)
     # One call over a copy is cheaper than three chained ones over the pieces.
     actual = crc32c(data[:value_at] + _ZERO_CHECKSUM + data[value_at + 4 : end])
     if actual != expected:
@@ -443,3 +450,30 @@ class HeaderDecoder:
     def buffered(self) -> bytes:
         """The bytes fed so far that have not yet formed a header."""
         return bytes(self._buffer)
+
+
+decode = _decode_python
+"""Decode the header at the start of ``data`` (a connection's first bytes, all of them).
+
+Returns a :class:`Decoded` header with the bytes that followed it, or :data:`NEED_DATA`;
+raises :class:`~proxyproto_mw.errors.NotAHeader` or
+:class:`~proxyproto_mw.errors.InvalidHeader` (see the module's docstring). The C
+accelerator (``proxyproto_mw._speedups``) replaces it when it is built, unless the
+environment variable ``PROXYPROTO_NO_EXTENSIONS`` is set to a non-empty value; it
+decodes the common headers itself and passes everything else to the pure-Python
+decoder, so both give the same answers.
+"""
+ACCELERATED = False
+"""Whether :func:`decode` is the C accelerator."""
+
+if not os.environ.get("PROXYPROTO_NO_EXTENSIONS"):
+    try:
+        from . import _speedups
+    except ImportError:  # not built (no compiler, another Python): pure Python it is
+        pass
+    else:
+        _speedups.configure(
+            _decode_python, Decoded, ProxyHeader, _PROXY, _INET, _INET6, _STREAM, (), _read_tlvs
+        )
+        decode = _speedups.decode
+        ACCELERATED = True

@@ -3,11 +3,16 @@
 Headers are built by hand here (not with the encoder) so that a mistake shared by the
 encoder and the decoder cannot hide; the property tests at the end use the encoder to
 generate many headers and check that decoding is the same however the bytes arrive.
+
+Every test runs twice, against each decoder (the ``implementation`` fixture): the C
+accelerator, when it is built, and the pure-Python reference it falls back to.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import sys
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -37,7 +42,30 @@ from proxyproto_mw import (
     match_signature,
     ssl_tlv,
 )
+from proxyproto_mw import decoder as decoder_module
 from proxyproto_mw.decoder import NeedData
+
+# The decoders in use: the C accelerator unless it is not built or PROXYPROTO_NO_EXTENSIONS
+# is set (tests/test_speedups.py fails in CI when it is not built), and pure Python.
+IMPLEMENTATIONS: dict[str, Callable[[bytes], Decoded | NeedData]] = {
+    **({"c": decoder_module.decode} if decoder_module.ACCELERATED else {}),
+    "python": decoder_module._decode_python,
+}
+
+
+@pytest.fixture(scope="module", autouse=True, params=list(IMPLEMENTATIONS))
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bind ``decode`` (this module's and the one HeaderDecoder calls) to each decoder.
+
+    Module scope: hypothesis refuses function-scoped fixtures, and pytest then runs the
+    whole module once per decoder.
+    """
+    function = IMPLEMENTATIONS[request.param]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decoder_module, "decode", function)
+        patch.setattr(sys.modules[__name__], "decode", function)
+        yield request.param
+
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PROXY = Command.PROXY

@@ -77,7 +77,7 @@ async def _serve_one(protocol_class: type, first_bytes: bytes) -> tuple[dict[str
 @pytest.mark.parametrize(
     "plain, ours", [(PlainHttpTools, HttpToolsProtocol), (PlainH11, H11Protocol)]
 )
-def test_connected_state_matches_uvicorns(plain: type, ours: type) -> None:
+def test_connected_state_matches_uvicorns(plain: type, ours: Any) -> None:
     proxied = ours.with_policy(TrustPolicy(trusted="127.0.0.1"))
     uvicorns, uvicorn_counts_it = asyncio.run(_serve_one(plain, request()))
     theirs, counted = asyncio.run(_serve_one(proxied, encode_v1(CLIENT, DESTINATION) + request()))

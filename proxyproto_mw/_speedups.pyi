@@ -1,0 +1,24 @@
+"""Optional C accelerator of :func:`proxyproto_mw.decoder.decode` (``_speedups.c``)."""
+
+from collections.abc import Callable
+
+from .decoder import Decoded, NeedData
+from .header import TLV, Command, Family, ProxyHeader, TransportProtocol
+
+def configure(
+    fallback: Callable[[bytes], Decoded | NeedData],
+    decoded_type: type[Decoded],
+    header_type: type[ProxyHeader],
+    proxy: Command,
+    inet: Family,
+    inet6: Family,
+    stream: TransportProtocol,
+    empty_tlvs: tuple[()],
+    read_tlvs: Callable[[bytes, int, int], tuple[TLV, ...]],
+    /,
+) -> None:
+    """Register the pure-Python decode and TLV reader, the result classes and the values
+    results hold."""
+
+def decode(data: bytes) -> Decoded | NeedData:
+    """Decode the header at the start of ``data``; input it does not handle goes to Python."""

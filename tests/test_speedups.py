@@ -1,0 +1,584 @@
+"""The C accelerator (``proxyproto_mw._speedups``) against the pure-Python decoder.
+
+The C ``decode`` handles the common complete headers itself and hands everything else
+to ``_decode_python``. Here both get the same inputs, valid, mutated and random, and
+must give equal results of identical types, or raise the same error with the same
+message. A spying fallback shows which inputs the C code decoded itself. The decoder's
+own tests (tests/test_decoder.py) run against both implementations as well.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import ipaddress
+import os
+import socket
+import sys
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from proxyproto_mw import (
+    Command,
+    Decoded,
+    Family,
+    HeaderDecoder,
+    NotAHeader,
+    ProxyHeader,
+    ProxyProtocolError,
+    TransportProtocol,
+    encode_v2,
+)
+from proxyproto_mw import decoder as decoder_module
+from proxyproto_mw.decoder import NeedData, _decode_python, _read_tlvs
+
+speedups: ModuleType | None
+try:
+    from proxyproto_mw import _speedups as speedups
+except ImportError:
+    speedups = None
+
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+CONFIGURATION = (
+    Decoded,
+    ProxyHeader,
+    Command.PROXY,
+    Family.INET,
+    Family.INET6,
+    TransportProtocol.STREAM,
+    (),
+    _read_tlvs,
+)
+
+
+def test_extension_is_built_in_ci() -> None:
+    """CI must test the accelerator: there, a failed (optional) build is an error."""
+    if not os.environ.get("CI"):
+        pytest.skip("not in CI (CI is not set)")
+    assert speedups is not None, "proxyproto_mw._speedups was not built"
+    if not os.environ.get("PROXYPROTO_NO_EXTENSIONS"):
+        assert decoder_module.ACCELERATED
+
+
+needs_speedups = pytest.mark.skipif(speedups is None, reason="the C accelerator is not built")
+
+
+def c_module() -> Any:  # the extension; Any so that the tests may call it with bad arguments
+    assert speedups is not None
+    return speedups
+
+
+if speedups is not None and not decoder_module.ACCELERATED:
+    # PROXYPROTO_NO_EXTENSIONS is set: the decoder left the built module unconfigured.
+    speedups.configure(_decode_python, *CONFIGURATION)
+
+
+@contextmanager
+def spying() -> Iterator[list[object]]:
+    """Record every call the C decode passes on to the Python decoder."""
+    calls: list[object] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Decoded | NeedData:
+        calls.append(args[0] if args else kwargs)
+        return _decode_python(*args, **kwargs)
+
+    module = c_module()
+    module.configure(spy, *CONFIGURATION)
+    try:
+        yield calls
+    finally:
+        module.configure(_decode_python, *CONFIGURATION)
+
+
+def outcome(function: Callable[[Any], object], data: object) -> tuple[bool, object]:
+    """(True, result) or (False, the exception raised)."""
+    try:
+        return True, function(data)
+    except Exception as error:
+        return False, error
+
+
+def assert_identical(actual: object, expected: object, where: str = "result") -> None:
+    """Equal and of identical types, recursively through tuples (hashes included)."""
+    assert type(actual) is type(expected), f"{where}: {type(actual)} != {type(expected)}"
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple)
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_identical(a, e, f"{where}[{i}]")
+        assert hash(actual) == hash(expected), where
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+def compare(data: object) -> bool:
+    """Assert that both decoders answer ``data`` alike; return whether C decoded it itself."""
+    ok, expected = outcome(_decode_python, data)
+    with spying() as calls:
+        c_ok, actual = outcome(c_module().decode, data)
+    assert c_ok is ok, f"{data!r}: C {actual!r}, Python {expected!r}"
+    if ok:
+        assert_identical(actual, expected)
+    else:
+        assert isinstance(actual, Exception) and isinstance(expected, Exception)
+        assert type(actual) is type(expected), f"{data!r}: {actual!r} != {expected!r}"
+        assert str(actual) == str(expected)
+        if isinstance(expected, NotAHeader):
+            assert isinstance(actual, NotAHeader)
+            assert_identical(actual.data, expected.data)
+    # C decodes exactly the complete TCP4/TCP6 lines and v2 INET/INET6 STREAM headers
+    # given as bytes (their TLVs, valid or not, through Python's _read_tlvs), and passes
+    # everything else on.
+    handled = not calls
+    assert handled == (
+        type(data) is bytes
+        and (
+            (
+                isinstance(expected, Decoded)
+                and expected.header.command is Command.PROXY
+                and expected.header.family in (Family.INET, Family.INET6)
+                and expected.header.transport is TransportProtocol.STREAM
+            )
+            or v2_stream_with_tlvs(data)
+        )
+    ), f"{data!r}: decoded in C: {handled}"
+    return handled
+
+
+def v2_stream_with_tlvs(data: object) -> bool:
+    """Whether ``data`` is a complete v2 PROXY INET/INET6 STREAM header with TLV bytes."""
+    if not isinstance(data, bytes) or len(data) < 16 or not data.startswith(SIGNATURE):
+        return False
+    block = {0x11: 12, 0x21: 36}.get(data[13])
+    length = int.from_bytes(data[14:16], "big")
+    return data[12] == 0x21 and block is not None and block < length <= len(data) - 16
+
+
+def compare_prefixes(data: bytes) -> None:
+    """compare() every prefix of ``data``, and ``data`` with bytes after it."""
+    for end in range(len(data) + 1):
+        compare(data[:end])
+    compare(data + b"GET / HTTP/1.1\r\n")
+
+
+SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# --- what the C code must decode itself ---------------------------------------------
+
+
+LONGEST_TCP6_LINE = (  # 105 bytes before the CRLF, the most a v1 line may have
+    b"PROXY TCP6 0000:0000:0000:0000:0000:0000:255.255.255.25 "
+    b"0000:0000:0000:0000:0000:0000:255.255.255.255 1 2"
+)
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    ("data", "source", "destination"),
+    [
+        pytest.param(
+            b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 80\r\n",
+            ("198.51.100.22", 35646),
+            ("203.0.113.7", 80),
+            id="v1-tcp4",
+        ),
+        pytest.param(
+            b"PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\nGET",
+            ("0.0.0.0", 0),
+            ("255.255.255.255", 65535),
+            id="v1-tcp4-extremes",
+        ),
+        pytest.param(
+            b"PROXY TCP6 2001:DB8:0:0:0:0:0:1 0000::ffff:198.51.100.22 1 65535\r\n",
+            ("2001:db8::1", 1),
+            ("::ffff:198.51.100.22", 65535),
+            id="v1-tcp6-normalized",
+        ),
+        pytest.param(
+            LONGEST_TCP6_LINE + b"\r\n",
+            ("::255.255.255.25", 1),
+            ("::255.255.255.255", 2),
+            id="v1-tcp6-105-bytes",
+        ),
+        pytest.param(
+            encode_v2(("192.0.2.1", 56324), ("198.51.100.7", 443)),
+            ("192.0.2.1", 56324),
+            ("198.51.100.7", 443),
+            id="v2-inet",
+        ),
+        pytest.param(
+            encode_v2(("0.10.100.255", 0), ("255.255.255.255", 65535)) + b"rest",
+            ("0.10.100.255", 0),
+            ("255.255.255.255", 65535),
+            id="v2-inet-octet-widths",
+        ),
+        pytest.param(
+            encode_v2(("2001:db8::1", 80), ("::ffff:1.2.3.4", 443)),
+            ("2001:db8::1", 80),
+            ("::ffff:1.2.3.4", 443),
+            id="v2-inet6",
+        ),
+    ],
+)
+def test_common_headers_are_decoded_in_c(
+    data: bytes, source: tuple[str, int], destination: tuple[str, int]
+) -> None:
+    assert compare(data)
+    result = c_module().decode(data)
+    assert (result.header.source, result.header.destination) == (source, destination)
+    compare_prefixes(data)
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(LONGEST_TCP6_LINE + b"5\r\n", id="v1-106-bytes"),
+        b"PROXY TCP4 01.2.3.4 1.2.3.4 1 2\r\n",
+        b"PROXY TCP4 1.2.3 1.2.3.4 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 1 65536\r\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 1 100000\r\n",
+        b"PROXY TCP4 1.2.3.4  1.2.3.4 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4\t1.2.3.4 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4\x00 1.2.3.4 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2 \r\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\n",
+        b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\r\r\n",
+        b"PROXY TCP4 ::1 ::1 1 2\r\n",
+        b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+        b"PROXY TCP6 ::1 \x1a:1 1 2\r\n",  # 0x1A | 0x20 is ":"
+        b"PROXY TCP6 ::1 ::g 1 2\r\n",
+        b"PROXY TCP6 ::1 ::\xff 1 2\r\n",
+        b"PROXY tcp4 1.2.3.4 1.2.3.4 1 2\r\n",
+        b"PROXY UNKNOWN\r\n",
+        SIGNATURE + b"\x20\x00\x00\x00",  # LOCAL
+        SIGNATURE + b"\x21\x12\x00\x0c" + bytes(12),  # DGRAM
+        SIGNATURE + b"\x21\x21\x00\x0c" + bytes(12),  # INET6 block too short
+        SIGNATURE + b"\x22\x11\x00\x0c" + bytes(12),  # unknown command
+        SIGNATURE + b"\x31\x11\x00\x0c" + bytes(12),  # version 3
+        SIGNATURE + b"\x21\x31\x00\xd8" + bytes(216),  # UNIX
+    ],
+)
+def test_everything_else_is_left_to_python(data: bytes) -> None:
+    assert not compare(data)
+    compare_prefixes(data)
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=[(0x04, b"")]), id="noop"),
+        pytest.param(
+            encode_v2(
+                ("2001:db8::1", 1),
+                ("2001:db8::2", 2),
+                tlvs=[(0x01, b"h2"), (0x02, b"example.com"), (0xEA, b"\x01vpce-1")],
+                checksum=True,
+            )
+            + b"GET",
+            id="inet6-crc32c",
+        ),
+        pytest.param(SIGNATURE + b"\x21\x11\x00\x0d" + bytes(13), id="truncated-tlv"),
+        pytest.param(
+            encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=[(0x02, b"\xff")]),
+            id="authority-not-utf8",
+        ),
+    ],
+)
+def test_v2_tlvs_are_read_by_pythons_reader(data: bytes) -> None:
+    """Addresses in C, TLVs (and their errors) from the one Python reader."""
+    assert compare(data)
+    compare_prefixes(data)
+
+
+class Bytes(bytes):
+    pass
+
+
+V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nrest"
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "data",
+    [bytearray(V1), memoryview(V1), Bytes(V1), V1.decode(), None, 42, [V1]],
+    ids=["bytearray", "memoryview", "bytes-subclass", "str", "None", "int", "list"],
+)
+def test_other_argument_types_are_left_to_python(data: object) -> None:
+    assert not compare(data)
+
+
+@needs_speedups
+def test_other_calls_are_left_to_python() -> None:
+    decode = c_module().decode
+    assert_identical(decode(data=V1), _decode_python(V1))
+    for args in [(), (V1, V1)]:
+        with pytest.raises(TypeError):
+            decode(*args)
+    with pytest.raises(TypeError):
+        decode(V1, data=V1)
+
+
+@needs_speedups
+def test_decoder_and_header_decoder_use_the_accelerator() -> None:
+    if not decoder_module.ACCELERATED:
+        pytest.skip("PROXYPROTO_NO_EXTENSIONS is set")
+    assert decoder_module.decode is c_module().decode
+    with spying() as calls:
+        result = HeaderDecoder().feed(V1)
+    assert result == _decode_python(V1)
+    assert calls == []
+
+
+@needs_speedups
+def test_configure_checks_its_arguments() -> None:
+    module = c_module()
+    with pytest.raises(TypeError):
+        module.configure(_decode_python, *CONFIGURATION[:-1])
+    with pytest.raises(TypeError):
+        module.configure(None, *CONFIGURATION)
+
+    class WithDict(tuple[object, ...]):  # instances have a __dict__
+        pass
+
+    class Pair(NamedTuple):
+        a: int
+        b: int
+
+    for bad in (dict, WithDict, int):
+        with pytest.raises(TypeError):
+            module.configure(_decode_python, bad, *CONFIGURATION[1:])
+    module.configure(_decode_python, Pair, *CONFIGURATION[1:])  # any NamedTuple will do
+    module.configure(_decode_python, *CONFIGURATION)
+    with pytest.raises(TypeError):
+        module.configure(_decode_python, *CONFIGURATION[:-2], (1,), _read_tlvs)
+    with pytest.raises(TypeError):
+        module.configure(_decode_python, *CONFIGURATION[:-1], None)
+    assert compare(V1)
+
+
+@needs_speedups
+def test_an_unconfigured_module_refuses_to_decode() -> None:
+    """Each module object has its own state (multi-phase initialization)."""
+    spec = importlib.util.find_spec("proxyproto_mw._speedups")
+    assert spec is not None
+    fresh: Any = importlib.util.module_from_spec(spec)
+    with pytest.raises(RuntimeError, match="not configured"):
+        fresh.decode(V1)  # created, not executed yet: no state at all
+    assert spec.loader is not None
+    spec.loader.exec_module(fresh)
+    with pytest.raises(RuntimeError, match="not configured"):
+        fresh.decode(V1)
+    fresh.configure(_decode_python, *CONFIGURATION)
+    assert_identical(fresh.decode(V1), _decode_python(V1))
+
+
+# --- differential properties ----------------------------------------------------------
+
+ipv4_texts = st.ip_addresses(v=4).map(str)
+octet_texts = st.one_of(
+    st.integers(0, 255).map(str),
+    st.sampled_from(["00", "01", "001", "010", "256", "999", "1000", "", "-1", "0x1", "1e1"]),
+)
+ipv4_like = st.lists(octet_texts, min_size=3, max_size=5).map(".".join)
+ipv6_addresses = st.ip_addresses(v=6)
+ipv6_texts = st.one_of(
+    ipv6_addresses.map(str),
+    ipv6_addresses.map(lambda address: address.exploded),
+    ipv6_addresses.map(lambda address: address.exploded.upper()),
+    ipv6_addresses.map(lambda address: str(address).upper()),
+    ipv4_texts.map(lambda text: f"::ffff:{text}"),
+    ipv4_texts.map(lambda text: f"::{text}"),
+    st.tuples(ipv6_addresses, ipv4_texts).map(lambda pair: f"{pair[0].exploded[:30]}{pair[1]}"),
+    st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8).map(
+        lambda words: ":".join(f"{word:x}" for word in words)
+    ),
+    # Runs of zero words where glibc's "::" shortening and IPv4 forms have their rules.
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x1234]), min_size=8, max_size=8).map(
+        lambda words: ":".join(f"{word:x}" for word in words)
+    ),
+)
+ipv6_like = st.text("0123456789abcdefABCDEF:.", max_size=46)
+port_texts = st.one_of(
+    st.integers(0, 0xFFFF).map(str),
+    st.integers(0x10000, 10**7).map(str),
+    st.integers(0, 0xFFFF).map(lambda port: f"0{port}"),
+    st.sampled_from(["", "00", "-1", "+1", "1 ", "1_0", "\u0661", "65535", "65536", "99999"]),
+)
+separators = st.sampled_from([" "] * 12 + ["  ", "\t", "", "\x00", ".", ":"])
+endings = st.sampled_from([b"\r\n"] * 8 + [b"", b"\r", b"\n", b"\r\r\n", b"\n\r", b" \r\n"])
+
+
+@st.composite
+def v1_lines(draw: st.DrawFn) -> bytes:
+    """TCP4/TCP6 lines, mostly valid, with fields and separators that often are not."""
+    protocol = draw(st.sampled_from(["TCP4", "TCP6", "TCP4", "TCP6", "tcp4", "TCP5", "UNKNOWN"]))
+    # A third valid fields and separators, a third odd fields, a third odd everything.
+    odd_fields, sloppy = draw(st.sampled_from([(False, False), (True, False), (True, True)]))
+    if not odd_fields:
+        hosts = ipv6_texts if protocol == "TCP6" else ipv4_texts
+        ports = st.integers(0, 0xFFFF).map(str)
+    elif protocol == "TCP6":
+        hosts, ports = ipv6_texts | ipv6_like | ipv4_texts, port_texts
+    else:
+        hosts, ports = ipv4_texts | ipv4_like | ipv6_texts, port_texts
+    fields = [draw(hosts), draw(hosts), draw(ports), draw(ports)]
+    text = "PROXY " + protocol
+    for field in fields:
+        text += (draw(separators) if sloppy else " ") + field
+    ending = draw(endings) if sloppy else b"\r\n"
+    return text.encode("utf-8") + ending + draw(st.binary(max_size=12))
+
+
+@st.composite
+def v2_headers(draw: st.DrawFn) -> bytes:
+    """v2 PROXY INET/INET6 STREAM headers, some of their bytes replaced at random."""
+    family = draw(st.sampled_from([4, 6]))
+    hosts = ipv4_texts if family == 4 else ipv6_addresses.map(str)
+    ports = st.integers(0, 0xFFFF)
+    data = bytearray(encode_v2((draw(hosts), draw(ports)), (draw(hosts), draw(ports))))
+    for _ in range(draw(st.integers(0, 3))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
+    """``base`` with a few bytes replaced, inserted, deleted, or cut short."""
+    data = bytearray(draw(base))
+    for _ in range(draw(st.integers(1, 3))):
+        operation = draw(st.sampled_from(["replace", "insert", "delete", "truncate"]))
+        at = draw(st.integers(0, len(data)))
+        if operation == "insert":
+            data.insert(at, draw(st.sampled_from(b" \t\r\n\x00.:0f9") | st.integers(0, 255)))
+        elif operation == "truncate":
+            del data[at:]
+        elif at < len(data):
+            if operation == "replace":
+                data[at] = draw(st.integers(0, 255))
+            else:
+                del data[at]
+    return bytes(data)
+
+
+@needs_speedups
+@SETTINGS
+@given(v1_lines())
+@example(b"PROXY TCP6 ::1 ::ffff:1.2.3.4 1 2\r\n")
+@example(b"PROXY TCP6 ::0.0.0.2 1::2:0:0:0:3 1 2\r\n")
+def test_v1_lines_decode_alike(data: bytes) -> None:
+    compare(data)
+
+
+@needs_speedups
+@settings(SETTINGS, max_examples=300)
+@given(v1_lines())
+def test_v1_lines_cut_anywhere_decode_alike(data: bytes) -> None:
+    compare_prefixes(data)
+
+
+@needs_speedups
+@SETTINGS
+@given(v2_headers())
+def test_v2_headers_decode_alike(data: bytes) -> None:
+    compare(data)
+
+
+@needs_speedups
+@settings(SETTINGS, max_examples=300)
+@given(v2_headers())
+def test_v2_headers_cut_anywhere_decode_alike(data: bytes) -> None:
+    compare_prefixes(data)
+
+
+@needs_speedups
+@SETTINGS
+@given(
+    st.one_of(
+        st.binary(max_size=120),
+        st.binary(max_size=110).map(lambda data: b"PROXY TCP4 " + data),
+        st.binary(max_size=110).map(lambda data: b"PROXY TCP6 " + data),
+        st.binary(max_size=60).map(lambda data: SIGNATURE + data),
+        mutated(v1_lines()),
+        mutated(v2_headers()),
+    )
+)
+def test_random_and_mutated_bytes_decode_alike(data: bytes) -> None:
+    compare(data)
+
+
+@needs_speedups
+@SETTINGS
+@given(st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8), st.booleans())
+def test_ipv6_text_is_glibc_text(words: list[int], zeros: bool) -> None:
+    """The C text of any INET6 address, v1 or v2, is socket.inet_ntop's."""
+    if zeros:  # the "::" and embedded-IPv4 rules need runs of zero words
+        words = [word if word % 3 else 0 for word in words]
+    packed = b"".join(word.to_bytes(2, "big") for word in words)
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    assert ipaddress.IPv6Address(text).packed == packed
+    v2 = SIGNATURE + b"\x21\x21\x00\x24" + packed + packed + b"\x00\x01\x00\x02"
+    assert compare(v2)
+    line = f"PROXY TCP6 {ipaddress.IPv6Address(packed).exploded} {text} 1 2\r\n".encode()
+    assert compare(line)
+    assert c_module().decode(line).header.source == (text, 1)
+
+
+# --- references and memory ------------------------------------------------------------
+
+LEAK_INPUTS = [
+    b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 80\r\nGET / HTTP/1.1\r\n",
+    b"PROXY TCP6 2001:db8::22 2001:db8:1::7 35646 443\r\n",
+    encode_v2(("198.51.100.22", 35646), ("203.0.113.7", 80)),
+    encode_v2(("2001:db8::22", 35646), ("2001:db8:1::7", 443)) + b"x",
+]
+FALLBACK_INPUTS = [
+    b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 80",  # NEED_DATA
+    b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 65536\r\n",  # InvalidHeader
+    b"GET / HTTP/1.1\r\n",  # NotAHeader
+]
+
+
+def decode_many(decode: Callable[[bytes], object], rounds: int) -> None:
+    for round_number in range(rounds):
+        for data in LEAK_INPUTS:
+            decode(data)
+        if round_number % 10 == 0:  # the fallback path (slower), a tenth as often
+            for data in FALLBACK_INPUTS:
+                with suppress(ProxyProtocolError):
+                    decode(data)
+
+
+@needs_speedups
+def test_no_references_or_memory_leak() -> None:
+    decode = c_module().decode
+    watched: list[object] = [
+        *CONFIGURATION[:-1],
+        _decode_python,
+        *LEAK_INPUTS,
+        *FALLBACK_INPUTS,
+    ]
+    decode_many(decode, 1000)  # warm up caches and free lists
+    gc.collect()
+    references = [sys.getrefcount(item) for item in watched]
+    objects = len(gc.get_objects())
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        decode_many(decode, 25_000)  # 100k fast-path decodes, 7.5k through the fallback
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(item) for item in watched] == references
+    assert len(gc.get_objects()) - objects < 100
+    assert after - before < 64 * 1024  # a leaked result per call would be megabytes
