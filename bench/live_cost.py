@@ -13,7 +13,6 @@ repeat closely where the wall clock of a shared VM does not; system calls are no
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import socket
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.uvicorn_wrk import SERVERS  # noqa: E402
 from proxyproto_mw import encode_v1, encode_v2  # noqa: E402
 
 HEADERS = {
@@ -50,7 +50,7 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is not None:
             raise RuntimeError("the server exited during start-up")
         try:
-            # An empty connection: plain and optional-mode servers just see it close.
+            # An empty connection: the server sees it close before any header or request.
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
@@ -73,25 +73,13 @@ def instructions(kind: str, count: int, workdir: Path) -> int:
     """Total instructions of a server that served ``count`` connections of ``kind``."""
     port = _free_port()
     out = workdir / f"callgrind.{kind}.{count}"
-    http = "httptools" if kind == "plain" else "proxyproto_mw.uvicorn:HttpToolsProtocol"
-    env = dict(
-        os.environ, PROXYPROTO_TRUSTED="127.0.0.1", PROXYPROTO_MODE="optional", PYTHONHASHSEED="0"
-    )
+    server_kind = SERVERS["a" if kind == "plain" else "b"]  # the benchmark's own commands
+    env = dict(server_kind.env(), PYTHONHASHSEED="0")
     argv = [
         "valgrind",
         "--tool=callgrind",
         f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.app:app",
-        "--port",
-        str(port),
-        "--http",
-        http,
-        "--loop",
-        "uvloop",
-        "--no-access-log",
+        *server_kind.command(port),
     ]
     with (workdir / f"server.{kind}.{count}.log").open("wb") as log:
         server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
