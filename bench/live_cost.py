@@ -25,23 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.uvicorn_wrk import SERVERS  # noqa: E402
-from proxyproto_mw import encode_v1, encode_v2  # noqa: E402
+from bench.connection_cost import HEADERS, REQUEST  # noqa: E402  (the in-memory harness's bytes)
+from bench.uvicorn_wrk import SERVERS, _free_ports  # noqa: E402
 
-HEADERS = {
-    "plain": b"",
-    "v1": encode_v1(("198.51.100.22", 54321), ("203.0.113.7", 80)),
-    "v2": encode_v2(("198.51.100.22", 54321), ("203.0.113.7", 80)),
-}
-REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 START_TIMEOUT = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
@@ -71,7 +58,7 @@ def _connect_many(port: int, first_bytes: bytes, count: int) -> None:
 
 def instructions(kind: str, count: int, workdir: Path) -> int:
     """Total instructions of a server that served ``count`` connections of ``kind``."""
-    port = _free_port()
+    (port,) = _free_ports(1)
     out = workdir / f"callgrind.{kind}.{count}"
     server_kind = SERVERS["a" if kind == "plain" else "b"]  # the benchmark's own commands
     env = dict(server_kind.env(), PYTHONHASHSEED="0")

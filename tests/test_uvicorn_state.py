@@ -10,6 +10,8 @@ uvicorn's protocol and with ours, in process, and compare what each instance hol
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from uvicorn.server import ServerState
 
 from proxyproto_mw import TrustPolicy, encode_v1
 from proxyproto_mw.uvicorn import H11Protocol, HttpToolsProtocol
+from tests.apps import app
 from tests.clients import CLIENT, DESTINATION, request
 
 pytestmark = pytest.mark.timeout(30)
@@ -36,17 +39,12 @@ OURS_ONLY = {
 """The attributes our protocol adds to uvicorn's."""
 
 
-async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
-async def _serve_one(protocol_class: type, first_bytes: bytes) -> tuple[dict[str, Any], bool]:
-    """Serve one keep-alive request on loopback: the protocol's attributes after it, and
-    whether the server counts the connection as open."""
-    config = Config(app=_app, http=protocol_class, lifespan="off", access_log=False)
+async def _serve_one(
+    protocol_class: type, first_bytes: bytes
+) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """Serve one keep-alive request on loopback: the protocol's attributes after it, whether
+    the server counts the connection as open, and the scope the app described."""
+    config = Config(app=app, http=protocol_class, lifespan="off", access_log=False)
     config.load()
     state = ServerState()
     protocols: list[Any] = []
@@ -64,10 +62,13 @@ async def _serve_one(protocol_class: type, first_bytes: bytes) -> tuple[dict[str
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(first_bytes)
-        response = await asyncio.wait_for(reader.readuntil(b"ok"), 10)
-        assert response.startswith(b"HTTP/1.1 200 "), response
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+        assert length is not None, head
+        body = await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
         (protocol,) = protocols
-        return dict(vars(protocol)), protocol in state.connections
+        return dict(vars(protocol)), protocol in state.connections, json.loads(body)
     finally:
         writer.close()
         server.close()
@@ -79,8 +80,10 @@ async def _serve_one(protocol_class: type, first_bytes: bytes) -> tuple[dict[str
 )
 def test_connected_state_matches_uvicorns(plain: type, ours: Any) -> None:
     proxied = ours.with_policy(TrustPolicy(trusted="127.0.0.1"))
-    uvicorns, uvicorn_counts_it = asyncio.run(_serve_one(plain, request()))
-    theirs, counted = asyncio.run(_serve_one(proxied, encode_v1(CLIENT, DESTINATION) + request()))
+    uvicorns, uvicorn_counts_it, _ = asyncio.run(_serve_one(plain, request()))
+    theirs, counted, scope = asyncio.run(
+        _serve_one(proxied, encode_v1(CLIENT, DESTINATION) + request())
+    )
     assert counted and uvicorn_counts_it
     assert set(theirs) - OURS_ONLY == set(uvicorns)
     for name in ("transport", "flow", "scheme", "connections", "parser", "conn"):
@@ -90,3 +93,6 @@ def test_connected_state_matches_uvicorns(plain: type, ours: Any) -> None:
     assert theirs["client"] == CLIENT
     assert theirs["server"] == DESTINATION
     assert theirs["scheme"] == uvicorns["scheme"] == "http"
+    assert scope["client"] == list(CLIENT)
+    assert scope["server"] == list(DESTINATION)
+    assert scope["proxy_protocol"]["version"] == 1
