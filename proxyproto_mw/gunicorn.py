@@ -35,10 +35,10 @@ more than 1, so none of this package's code runs then: use ``SyncWorker`` with o
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
-import ssl
 import sys
 import threading
 from collections.abc import Iterable
@@ -46,18 +46,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gunicorn.workers import gthread as _gthread
 from gunicorn.workers import sync as _sync
-from uvicorn.config import create_ssl_context
-from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from .blocking import receive_header, reject
 from .errors import ConfigurationError, ConnectionClosed, ProxyProtocolError
 from .header import Address, ProxyHeader
 from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, Mode, TrustPolicy, logger
-from .uvicorn import H11Protocol, HttpToolsProtocol
 from .wsgi import apply_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .uvicorn_worker import UvicornH11Worker, UvicornWorker
 
 __all__ = [
     "SyncWorker",
@@ -65,8 +64,18 @@ __all__ = [
     "UvicornH11Worker",
     "UvicornWorker",
     "policy_from_config",
-    "tls_context_from_config",
 ]
+
+_ASGI_WORKERS = frozenset({"UvicornWorker", "UvicornH11Worker"})
+
+
+def __getattr__(name: str) -> Any:
+    """The ASGI workers, from :mod:`proxyproto_mw.uvicorn_worker`, imported on first use so
+    that the WSGI workers need neither uvicorn nor uvicorn-worker."""
+    if name in _ASGI_WORKERS:
+        return getattr(importlib.import_module(".uvicorn_worker", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _VERSIONS = {"v1": (1,), "v2": (2,), "auto": (1, 2)}
 
@@ -94,22 +103,6 @@ def policy_from_config(cfg: Any) -> TrustPolicy:
     )
 
 
-def tls_context_from_config(cfg: Any) -> ssl.SSLContext | None:
-    """The TLS context of gunicorn's ``--keyfile`` / ``--certfile`` settings, or None."""
-    if not cfg.is_ssl:
-        return None
-    options = cfg.ssl_options
-    return create_ssl_context(
-        certfile=options["certfile"],
-        keyfile=options.get("keyfile"),
-        password=options.get("password"),
-        ssl_version=options.get("ssl_version", ssl.PROTOCOL_TLS_SERVER),
-        cert_reqs=options.get("cert_reqs", ssl.CERT_NONE),
-        ca_certs=options.get("ca_certs"),
-        ciphers=options.get("ciphers"),
-    )
-
-
 class _ChecksProxySettings:
     """The PROXY settings checked once, in the master, before any worker starts."""
 
@@ -125,29 +118,6 @@ class _ChecksProxySettings:
         inherited = getattr(super(), "check_config", None)
         if inherited is not None:
             inherited(cfg, log)
-
-
-class UvicornWorker(_ChecksProxySettings, _UvicornWorker):  # type: ignore[misc]
-    """``uvicorn_worker.UvicornWorker`` with PROXY protocol (httptools when installed)."""
-
-    protocol_class: Any = HttpToolsProtocol if HttpToolsProtocol is not None else H11Protocol
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        tls_context = tls_context_from_config(self.cfg)
-        # TLS starts after the header, in the protocol, not in front of it.
-        for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"):
-            setattr(self.config, name, None)
-        self.config.http = self.protocol_class.with_policy(
-            policy_from_config(self.cfg), tls_context=tls_context
-        )
-
-
-class UvicornH11Worker(UvicornWorker):
-    """The same with the h11 parser and the asyncio loop (``uvicorn_worker.UvicornH11Worker``)."""
-
-    CONFIG_KWARGS = {"loop": "asyncio", "http": "h11"}  # noqa: RUF012
-    protocol_class = H11Protocol
 
 
 # --- WSGI: gunicorn's sync and gthread workers -----------------------------------------------
