@@ -275,10 +275,11 @@ def _decode_v2(data: bytes) -> Decoded | NeedData:
         _check_version_command(version_command)
     end = V2_FIXED_LENGTH + length
     if version_command & 0x0F == 0:
-        # LOCAL: the block is ignored whatever it holds (AWS NLB health checks put TLVs
-        # where an INET block would be).
+        # LOCAL: the real addresses apply whatever the block holds.
         if size < end:
             return NEED_DATA
+        if length:
+            _check_local_tlvs(data, family_transport, end)
         return _new(Decoded, (_LOCAL_V2, data[end:]))
     kind = _V2_KINDS[family_transport]
     if kind is None:
@@ -292,7 +293,9 @@ def _decode_v2(data: bytes) -> Decoded | NeedData:
             f"{family.name} address block ({block} bytes)"
         )
     source = destination = unix = None
-    if block == 12:  # INET; the octets' texts from a table beat socket.inet_ntoa by far
+    if not family_transport & 0x0F:
+        pass  # transport UNSPEC: the block carries no addresses, the real ones apply
+    elif block == 12:  # INET; the octets' texts from a table beat socket.inet_ntoa by far
         a, b, c, d, e, f, g, h, source_port, destination_port = _unpack_inet(data, 16)
         o = _OCTETS
         source = (f"{o[a]}.{o[b]}.{o[c]}.{o[d]}", source_port)
@@ -318,6 +321,36 @@ def _decode_v2(data: bytes) -> Decoded | NeedData:
         ),
     )
     return _new(Decoded, (header, data[end:]))
+
+
+def _check_local_tlvs(data: bytes, family_transport: int, end: int) -> None:
+    """Read a LOCAL header's TLVs only to verify its CRC32C; anything else it holds is ignored.
+
+    Senders disagree on where a LOCAL header's TLVs start: after the address block of
+    the family it names (as for PROXY), or right after byte 16 whatever the family (AWS
+    NLB health checks name INET; HAProxy's name UNSPEC). Both places are tried, the
+    block's first; the first place where the TLVs read cleanly (every rule, checksum
+    included) wins. Only a CRC32C that does not match, where no place reads cleanly,
+    rejects the header: odd bytes in a LOCAL block never do. The TLVs themselves are not
+    returned; a LOCAL header says nothing about a client.
+    """
+    family_number = family_transport >> 4
+    block = _ADDRESS_BLOCK[family_number] if family_number < len(_ADDRESS_BLOCK) else 0
+    mismatch: ChecksumMismatch | None = None
+    starts = (V2_FIXED_LENGTH + block, V2_FIXED_LENGTH) if block else (V2_FIXED_LENGTH,)
+    for start in starts:
+        if start > end:
+            continue
+        try:
+            _read_tlvs(data, start, end)
+        except ChecksumMismatch as error:
+            mismatch = mismatch or error
+        except InvalidHeader:
+            continue
+        else:
+            return
+    if mismatch is not None:
+        raise mismatch
 
 
 def _check_family_transport(family_transport: int) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum, IntEnum
 from typing import NamedTuple, TypedDict
 
@@ -104,6 +105,11 @@ def _find(tlvs: tuple[TLV, ...], kind: int) -> bytes | None:
         if tlv.type == kind:
             return tlv.value
     return None
+
+
+def _values(tlvs: tuple[TLV, ...], kind: int) -> Iterator[bytes]:
+    """The values of every TLV of type ``kind``, in header order."""
+    return (tlv.value for tlv in tlvs if tlv.type == kind)
 
 
 class SSLInfo(NamedTuple):
@@ -218,7 +224,9 @@ class ProxyHeader(NamedTuple):
 
     ``source`` and ``destination`` are the client's and the original server's
     addresses; both are ``None`` when the header carries none (v1 ``UNKNOWN``,
-    v2 ``LOCAL``, families UNSPEC and UNIX), and the real socket addresses apply.
+    v2 ``LOCAL``, families UNSPEC and UNIX, transport UNSPEC), and the real socket
+    addresses apply. ``unix`` holds a UNIX family's paths (``None`` when its transport
+    is UNSPEC).
     """
 
     version: int
@@ -232,7 +240,8 @@ class ProxyHeader(NamedTuple):
 
     @property
     def is_local(self) -> bool:
-        """True when the real connection's addresses apply (LOCAL, UNKNOWN, UNSPEC)."""
+        """True when the real connection's addresses apply (LOCAL, UNKNOWN, an UNSPEC
+        family or transport)."""
         return self.source is None and self.unix is None
 
     def as_dict(self, peer: Address | None = None, *, tls: bool = False) -> ProxyProtocolInfo:
@@ -301,29 +310,32 @@ class ProxyHeader(NamedTuple):
             return None
         return SSLInfo(value[0], int.from_bytes(value[1:5], "big"), split_tlvs(value, 5))
 
+    # The cloud TLVs: a balancer may send one a receiver cannot read (another subtype, a
+    # wrong length); each accessor skips those and answers from the first well-formed one.
+
     @property
     def aws_vpce_id(self) -> str | None:
         """AWS PrivateLink: the VPC endpoint id (``vpce-...``)."""
-        value = _find(self.tlvs, TLVType.AWS)
-        if value is None or len(value) < 2 or value[0] != AWS_VPCE_ID:
-            return None
-        return value[1:].decode("ascii", "replace")
+        for value in _values(self.tlvs, TLVType.AWS):
+            if len(value) >= 2 and value[0] == AWS_VPCE_ID and value.isascii():
+                return value[1:].decode("ascii")
+        return None
 
     @property
     def gcp_psc_connection_id(self) -> int | None:
         """Google Cloud Private Service Connect: the connection id."""
-        value = _find(self.tlvs, TLVType.GCP_PSC)
-        if value is None or len(value) != 8:
-            return None
-        return int.from_bytes(value, "big")
+        for value in _values(self.tlvs, TLVType.GCP_PSC):
+            if len(value) == 8:
+                return int.from_bytes(value, "big")
+        return None
 
     @property
     def azure_private_link_id(self) -> int | None:
         """Azure Private Link: the LINKID of the private endpoint."""
-        value = _find(self.tlvs, TLVType.AZURE)
-        if value is None or len(value) != 5 or value[0] != AZURE_PRIVATE_LINK_ID:
-            return None
-        return int.from_bytes(value[1:], "little")
+        for value in _values(self.tlvs, TLVType.AZURE):
+            if len(value) == 5 and value[0] == AZURE_PRIVATE_LINK_ID:
+                return int.from_bytes(value[1:], "little")
+        return None
 
 
 def split_tlvs(data: bytes, start: int = 0, end: int | None = None) -> tuple[TLV, ...]:

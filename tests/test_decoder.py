@@ -399,7 +399,9 @@ UNIX_BLOCK = b"/run/haproxy/client.sock".ljust(108, b"\x00") + b"/run/app.sock".
             v2(0, 0x11, INET_BLOCK), LOCAL_V2, b"", id="local-with-inet-addresses-ignored"
         ),
         pytest.param(
-            v2(0, 0x11, tlv(TLVType.CRC32C, b"\xde\xad\xbe\xef") + tlv(TLVType.NOOP, b"\x00" * 3))
+            with_checksum(
+                v2(0, 0x11, tlv(TLVType.CRC32C, b"\x00" * 4) + tlv(TLVType.NOOP, b"\x00" * 3))
+            )
             + b"GET /health",
             LOCAL_V2,
             b"GET /health",
@@ -417,6 +419,123 @@ def test_v2_local_is_local_and_proxy_inet_is_not() -> None:
     assert decoded(v2(0, 0x11, INET_BLOCK)).header.is_local
     assert not decoded(v2(1, 0x11, INET_BLOCK)).header.is_local
     assert not decoded(v2(1, 0x31, UNIX_BLOCK)).header.is_local
+
+
+# --- LOCAL: the TLVs are read wherever they are, for their CRC32C ---------------------
+
+CRC32C_ZERO = tlv(TLVType.CRC32C, b"\x00" * 4)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(with_checksum(v2(0, 0x00, CRC32C_ZERO)), id="haproxy-check-unspec"),
+        pytest.param(
+            with_checksum(v2(0, 0x11, CRC32C_ZERO + tlv(TLVType.NOOP, b"\x00" * 9))),
+            id="nlb-inet-tlvs-at-byte-16",
+        ),
+        pytest.param(
+            with_checksum(v2(0, 0x11, INET_BLOCK + tlv(TLVType.UNIQUE_ID, b"u") + CRC32C_ZERO)),
+            id="inet-tlvs-after-the-block",
+        ),
+        pytest.param(
+            with_checksum(v2(0, 0x21, INET6_BLOCK + CRC32C_ZERO)), id="inet6-tlvs-after-the-block"
+        ),
+        pytest.param(with_checksum(v2(0, 0x31, CRC32C_ZERO)), id="unix-family-tlvs-at-byte-16"),
+        pytest.param(with_checksum(v2(0, 0xF7, CRC32C_ZERO)), id="unknown-family-tlvs-at-16"),
+    ],
+)
+def test_v2_local_with_a_matching_crc32c_is_accepted(data: bytes) -> None:
+    assert decoded(data + b"GET /health") == (LOCAL_V2, b"GET /health")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(with_checksum(v2(0, 0x00, CRC32C_ZERO)), id="haproxy-check-unspec"),
+        pytest.param(
+            with_checksum(v2(0, 0x11, CRC32C_ZERO + tlv(TLVType.NOOP, b"\x00" * 9))),
+            id="nlb-inet-tlvs-at-byte-16",
+        ),
+        pytest.param(
+            with_checksum(v2(0, 0x11, INET_BLOCK + CRC32C_ZERO)), id="inet-tlvs-after-the-block"
+        ),
+        pytest.param(
+            with_checksum(v2(0, 0x21, INET6_BLOCK + tlv(0xE5, b"x") + CRC32C_ZERO)),
+            id="inet6-tlvs-after-the-block",
+        ),
+    ],
+)
+def test_v2_local_with_a_wrong_crc32c_is_rejected(data: bytes) -> None:
+    """HAProxy's own health check carries a CRC32C (tests/fixtures); a wrong one is refused."""
+    assert decoded(data).header == LOCAL_V2
+    bad = data[:-1] + bytes([data[-1] ^ 0x80])
+    with pytest.raises(ChecksumMismatch, match="CRC32C"):
+        decode(bad + b"GET /health")
+    decoder = HeaderDecoder()
+    assert decoder.feed(bad[:20]) is NEED_DATA
+    with pytest.raises(ChecksumMismatch):
+        decoder.feed(bad[20:])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(v2(0, 0x11, b"\x03\x00\x09" + b"\x00" * 9), id="crc32c-of-9-bytes-at-16"),
+        pytest.param(v2(0, 0x11, INET_BLOCK + b"\x01\x00\x05ab"), id="tlv-past-the-end"),
+        pytest.param(v2(0, 0x00, tlv(TLVType.AUTHORITY, b"\xff")), id="authority-not-utf8"),
+        pytest.param(v2(0, 0x00, tlv(TLVType.SSL, b"\x01")), id="ssl-too-short"),
+        pytest.param(v2(0, 0x21, b"\xff" * 40), id="garbage"),
+        pytest.param(
+            # The block's bytes read as a CRC32C TLV at byte 16 that does not match; after the
+            # block the TLVs read cleanly, so that is where they are.
+            v2(0, 0x11, b"\x03\x00\x04\x00\x00\x00\x00\x00\x01\xbb\x00\x50" + tlv(0xE5, b"")),
+            id="block-reads-as-a-bad-crc32c",
+        ),
+    ],
+)
+def test_v2_local_is_not_rejected_for_what_its_block_holds(data: bytes) -> None:
+    assert decoded(data + b"x") == (LOCAL_V2, b"x")
+
+
+def test_v2_local_crc32c_mismatch_wherever_the_tlvs_are() -> None:
+    """A checksum that matches at neither place rejects, whichever place it was read at."""
+    after_block = with_checksum(v2(0, 0x11, INET_BLOCK + CRC32C_ZERO))
+    spoofed = after_block[:16] + b"\x0a" + after_block[17:]
+    with pytest.raises(ChecksumMismatch):
+        decode(spoofed)
+
+
+# --- transport UNSPEC: no addresses ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "family", "tlvs"),
+    [
+        pytest.param(v2(1, 0x10, INET_BLOCK), Family.INET, (), id="inet"),
+        pytest.param(v2(1, 0x10, bytes(12)), Family.INET, (), id="inet-zeros"),
+        pytest.param(
+            v2(1, 0x20, INET6_BLOCK + tlv(TLVType.ALPN, b"h2")),
+            Family.INET6,
+            (TLV(TLVType.ALPN, b"h2"),),
+            id="inet6-with-tlv",
+        ),
+        pytest.param(v2(1, 0x30, UNIX_BLOCK), Family.UNIX, (), id="unix"),
+    ],
+)
+def test_v2_proxy_with_transport_unspec_carries_no_addresses(
+    data: bytes, family: Family, tlvs: tuple[TLV, ...]
+) -> None:
+    header, rest = decoded(data + b"GET /")
+    unspec = TransportProtocol.UNSPEC
+    assert header == ProxyHeader(2, PROXY, family, unspec, None, None, tlvs, None)
+    assert header.is_local
+    assert rest == b"GET /"
+
+
+def test_v2_transport_unspec_still_needs_the_familys_block() -> None:
+    with pytest.raises(InvalidHeader, match="shorter than the INET address block"):
+        decode(v2(1, 0x10, INET_BLOCK[:11]))
 
 
 @pytest.mark.parametrize(
