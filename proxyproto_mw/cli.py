@@ -11,8 +11,11 @@ listener on 443 or nginx's ``listen 443 proxy_protocol ssl``.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import platform
 import ssl
+from importlib.metadata import version as installed_version
 from importlib.util import find_spec
 from typing import Any
 
@@ -22,10 +25,17 @@ from uvicorn.main import main as uvicorn_main
 
 from . import __version__
 from .errors import ConfigurationError
-from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, TRUSTED_VARIABLE, Mode, TrustPolicy
-from .uvicorn import H11Protocol, HttpToolsProtocol
+from .policy import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_TRUSTED,
+    MODE_VARIABLE,
+    TIMEOUT_VARIABLE,
+    TRUSTED_VARIABLE,
+    Mode,
+    TrustPolicy,
+)
 
-__all__ = ["ServeH11Protocol", "ServeHttpToolsProtocol", "main"]
+__all__ = ["main", "serve"]
 
 TLS_VARIABLE = "PROXYPROTO_SERVE_TLS"
 """Set by ``serve`` for its own processes: uvicorn's SSL options, as JSON."""
@@ -39,6 +49,11 @@ _SSL_OPTIONS = (
     "ssl_ca_certs",
     "ssl_ciphers",
 )
+
+_HTTP_CHOICES = ("auto", "h11", "httptools")
+_LEFT_OUT = frozenset({"http", "http2", "version"})
+"""uvicorn options ``serve`` replaces (``--http``, ``--version``) or cannot offer
+(``--http2`` needs uvicorn's own zttp protocol, which reads no PROXY header)."""
 
 
 def _tls_context_from_environment() -> ssl.SSLContext | None:
@@ -57,34 +72,65 @@ def _tls_context_from_environment() -> ssl.SSLContext | None:
     )
 
 
-_tls_context = _tls_context_from_environment()
+def _protocol_class(choice: str, tls_context: ssl.SSLContext | None) -> Any:
+    """This package's uvicorn protocol for ``--http``: httptools when installed (``auto``)."""
+    has_httptools = find_spec("httptools") is not None
+    if choice == "httptools" and not has_httptools:
+        raise click.UsageError(
+            "--http httptools: httptools is not installed "
+            "(pip install httptools, or use --http h11)"
+        )
+    # Imported here: the httptools protocol exists only where httptools does.
+    from . import uvicorn as protocols  # noqa: PLC0415
 
-ServeH11Protocol = H11Protocol.with_policy(None, tls_context=_tls_context)
-"""The h11 protocol as ``serve`` runs it: policy from the environment, TLS after the header."""
-
-ServeHttpToolsProtocol = HttpToolsProtocol.with_policy(None, tls_context=_tls_context)
-"""The httptools protocol as ``serve`` runs it."""
-
-_HTTP_CLASSES = {
-    "h11": "proxyproto_mw.cli:ServeH11Protocol",
-    "httptools": "proxyproto_mw.cli:ServeHttpToolsProtocol",
-}
+    if choice == "h11" or not has_httptools:
+        return protocols.H11Protocol.with_policy(None, tls_context=tls_context)
+    return protocols.HttpToolsProtocol.with_policy(None, tls_context=tls_context)
 
 
-def _http_class(choice: str) -> str:
-    if choice == "auto":
-        return _HTTP_CLASSES["httptools" if find_spec("httptools") else "h11"]
-    if choice not in _HTTP_CLASSES:
-        raise click.UsageError(f"--http must be auto, h11 or httptools, not {choice!r}")
-    return _HTTP_CLASSES[choice]
+def _policy(
+    proxy_trusted: str | None, proxy_mode: str | None, proxy_timeout: float | None
+) -> TrustPolicy:
+    """The policy of the flags, each overriding its ``PROXYPROTO_*`` variable; an error
+    names the flag or the variable that holds the bad value."""
+    if proxy_trusted is not None and not proxy_trusted.strip(" ,"):
+        raise click.UsageError("--proxy-trusted is empty: list the load balancers' addresses")
+    overridden = {
+        TRUSTED_VARIABLE: proxy_trusted is not None,
+        MODE_VARIABLE: proxy_mode is not None,
+        TIMEOUT_VARIABLE: proxy_timeout is not None,
+    }
+    environ = {
+        name: os.environ[name]
+        for name, flag_given in overridden.items()
+        if not flag_given and name in os.environ
+    }
+    try:
+        return TrustPolicy.from_environ(
+            environ,
+            trusted=DEFAULT_TRUSTED if proxy_trusted is None else proxy_trusted,
+            mode=Mode.REQUIRE if proxy_mode is None else proxy_mode,
+            timeout=DEFAULT_TIMEOUT if proxy_timeout is None else proxy_timeout,
+            setting=TRUSTED_VARIABLE if proxy_trusted is None else "--proxy-trusted",
+        )
+    except ConfigurationError as error:
+        message = str(error)
+        # What is still named after the policy's field came from a flag.
+        for field, flag in (("mode:", "--proxy-mode:"), ("timeout:", "--proxy-timeout:")):
+            if message.startswith(field):
+                message = flag + message[len(field) :]
+        raise click.UsageError(message) from None
 
 
 def _serve(
     proxy_trusted: str | None,
     proxy_mode: str | None,
     proxy_timeout: float | None,
+    http: str,
     **uvicorn_options: Any,
 ) -> None:
+    policy = _policy(proxy_trusted, proxy_mode, proxy_timeout)
+    # uvicorn's worker and reload processes read the policy from the environment.
     for variable, value in (
         (TRUSTED_VARIABLE, proxy_trusted),
         (MODE_VARIABLE, proxy_mode),
@@ -92,30 +138,51 @@ def _serve(
     ):
         if value is not None:
             os.environ[variable] = value
-    try:
-        policy = TrustPolicy.from_environ()
-    except ConfigurationError as error:
-        raise click.UsageError(str(error)) from None
     tls = {name: uvicorn_options[name] for name in _SSL_OPTIONS}
+    context = None
     if tls["ssl_certfile"]:
         os.environ[TLS_VARIABLE] = json.dumps(tls)
         try:
             context = _tls_context_from_environment()
         except (OSError, ssl.SSLError) as error:
             raise click.UsageError(f"cannot load the TLS certificate or key: {error}") from None
-        # This process imported the classes before the variable was set; worker and
-        # reload processes read it when they import them.
-        ServeH11Protocol.tls_context = ServeHttpToolsProtocol.tls_context = context
     elif tls["ssl_keyfile"]:
         raise click.UsageError("--ssl-keyfile needs --ssl-certfile")
     else:
         os.environ.pop(TLS_VARIABLE, None)
     for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"):
         uvicorn_options[name] = None
-    uvicorn_options["http"] = _http_class(uvicorn_options["http"])
-    click.echo(f"proxyproto-mw: {policy!r}, TLS {'on' if tls['ssl_certfile'] else 'off'}", err=True)
+    uvicorn_options["http"] = _protocol_class(http, context)
+    for param in uvicorn_main.params:
+        if param.name in _LEFT_OUT and param.expose_value and param.name != "http":
+            uvicorn_options[param.name] = param.default
+    if context is not None:
+        logging.getLogger("uvicorn.error").addFilter(_announce_https)
+    click.echo(f"proxyproto-mw: {policy!r}, TLS {'on' if context else 'off'}", err=True)
     assert uvicorn_main.callback is not None
     uvicorn_main.callback(**uvicorn_options)
+
+
+def _announce_https(record: logging.LogRecord) -> bool:
+    """uvicorn announces ``http://`` because TLS is ours, not its: say ``https://``."""
+    if (
+        isinstance(record.msg, str)
+        and record.msg.startswith("Uvicorn running on")
+        and isinstance(record.args, tuple)
+        and record.args[:1] == ("http",)
+    ):
+        record.args = ("https", *record.args[1:])
+    return True
+
+
+def _print_version(context: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or context.resilient_parsing:
+        return
+    click.echo(
+        f"proxyproto-mw {__version__} (uvicorn {installed_version('uvicorn')}, "
+        f"{platform.python_implementation()} {platform.python_version()} on {platform.system()})"
+    )
+    context.exit()
 
 
 serve = click.Command(
@@ -123,27 +190,48 @@ serve = click.Command(
     callback=_serve,
     help=(
         "Run APP with uvicorn behind a PROXY protocol sender (ELB, NLB, HAProxy). "
-        "Takes every uvicorn option; --ssl-* serve TLS after the PROXY header."
+        "Takes uvicorn's options; --ssl-* serve TLS after the PROXY header."
     ),
     params=[
         click.Option(
             ["--proxy-trusted"],
             help=(
-                f"Peers whose PROXY header is believed: IPs, CIDRs or '*' "
-                f"(comma-separated). [env {TRUSTED_VARIABLE}; default 127.0.0.1,::1]"
+                "Peers whose PROXY header is believed: IPs, CIDRs or '*' (comma-separated). "
+                f"[env {TRUSTED_VARIABLE}; default: 127.0.0.1,::1]"
             ),
         ),
         click.Option(
             ["--proxy-mode"],
             type=click.Choice([mode.value for mode in Mode]),
-            help=f"require: trusted peers must send a header; optional; off. [env {MODE_VARIABLE}]",
+            help=(
+                "require: trusted peers must send a header; optional: they may; off: no "
+                f"header is read. [env {MODE_VARIABLE}; default: require]"
+            ),
         ),
         click.Option(
             ["--proxy-timeout"],
             type=float,
-            help=f"Seconds a header may take to arrive, at least 3. [env {TIMEOUT_VARIABLE}]",
+            help=(
+                "Seconds a header may take to arrive, at least 3. "
+                f"[env {TIMEOUT_VARIABLE}; default: {DEFAULT_TIMEOUT:g}]"
+            ),
         ),
-        *uvicorn_main.params,
+        click.Option(
+            ["--http"],
+            type=click.Choice(_HTTP_CHOICES),
+            default="auto",
+            show_default=True,
+            help="HTTP parser: auto is httptools when it is installed, else h11.",
+        ),
+        click.Option(
+            ["--version"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_print_version,
+            help="Show the versions of proxyproto-mw, uvicorn and Python, and exit.",
+        ),
+        *(param for param in uvicorn_main.params if param.name not in _LEFT_OUT),
     ],
 )
 
