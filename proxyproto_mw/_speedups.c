@@ -1,25 +1,41 @@
 /* Optional C accelerator for proxyproto_mw.decoder.decode.
  *
  * decode() builds the result itself only for the headers real balancers send most:
- * complete, valid v1 TCP4/TCP6 lines and v2 PROXY INET/INET6 STREAM headers. A v2
- * header's TLVs are split and checked by the pure-Python _read_tlvs, so their rules are
- * written once. Anything else (incomplete, invalid, other kinds, an argument that is not
+ * complete, valid v1 TCP4/TCP6 lines and v2 PROXY INET/INET6 STREAM headers, their TLVs
+ * included (every rule of the pure-Python _read_tlvs: lengths, SSL sub-TLVs, AUTHORITY
+ * as UTF-8, UNIQUE_ID at most 128 bytes, the CRC32C over the whole header with its value
+ * zeroed). Anything else (incomplete, invalid, other kinds, an argument that is not
  * exactly bytes) goes to the pure-Python decoder registered with configure(), which
- * stays the reference: every other error and every NEED_DATA comes from Python. The
- * fast path accepts an input only when the Python decoder would return the same result.
+ * stays the reference: every error and every NEED_DATA comes from Python, so a header
+ * that breaks any rule is handed to Python, which says why. The fast path accepts an
+ * input only when the Python decoder would return the same result.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+#define HAVE_SSE42_CRC32C 1
+#endif
 
 #define V1_LINE_MAX 105 /* longest v1 line without its CRLF */
 #define V2_FIXED 16     /* signature, version/command, family/transport, length */
 #define V2_INET_BLOCK 12
 #define V2_INET6_BLOCK 36
 #define ADDRESS_TEXT_MAX 64 /* longer address fields are left to Python */
+#define TLV_HEADER 3        /* type, 16-bit length */
+#define TLV_AUTHORITY 0x02
+#define TLV_CRC32C 0x03
+#define TLV_UNIQUE_ID 0x05
+#define TLV_SSL 0x20
+#define UNIQUE_ID_MAX 128
+#define SSL_FIXED 5 /* client flags, 32-bit verify result */
 
 static const char V2_SIGNATURE[12] = "\r\n\r\n\x00\r\nQUIT\n";
 
@@ -32,7 +48,7 @@ typedef struct {
     PyObject *inet6;           /* Family.INET6 */
     PyObject *stream;          /* TransportProtocol.STREAM */
     PyObject *empty_tlvs;      /* () */
-    PyObject *read_tlvs;       /* the pure-Python _read_tlvs(data, start, end) */
+    PyTypeObject *tlv;         /* TLV */
 } speedups_state;
 
 static inline speedups_state *
@@ -141,6 +157,98 @@ error:
     Py_XDECREF(rest);
     Py_XDECREF(header);
     return NULL;
+}
+
+/* --- CRC32C (Castagnoli, reflected polynomial 0x82F63B78) ---------------------------- */
+
+static uint32_t crc32c_table[8][256]; /* slicing by 8 */
+static int crc32c_hardware;           /* SSE4.2's crc32 instruction is there */
+static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
+
+static void
+crc32c_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        }
+        crc32c_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc32c_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            c = crc32c_table[0][c & 0xFF] ^ (c >> 8);
+            crc32c_table[k][n] = c;
+        }
+    }
+#ifdef HAVE_SSE42_CRC32C
+    __builtin_cpu_init();
+    crc32c_hardware = __builtin_cpu_supports("sse4.2") != 0;
+#endif
+}
+
+/* Continue the (pre- and post-inverted) CRC `crc` over n bytes with the table. */
+static uint32_t
+crc32c_update_table(uint32_t crc, const unsigned char *p, size_t n)
+{
+    crc = ~crc;
+    while (n >= 8) {
+        uint32_t low = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                              (uint32_t)p[3] << 24);
+        crc = crc32c_table[7][low & 0xFF] ^ crc32c_table[6][(low >> 8) & 0xFF] ^
+              crc32c_table[5][(low >> 16) & 0xFF] ^ crc32c_table[4][low >> 24] ^
+              crc32c_table[3][p[4]] ^ crc32c_table[2][p[5]] ^ crc32c_table[1][p[6]] ^
+              crc32c_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) {
+        crc = crc32c_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+#ifdef HAVE_SSE42_CRC32C
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_update_sse42(uint32_t crc, const unsigned char *p, size_t n)
+{
+    uint64_t c = ~crc;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8); /* unaligned load; the instruction takes little-endian words */
+        c = _mm_crc32_u64(c, word);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) {
+        c32 = _mm_crc32_u8(c32, *p++);
+    }
+    return ~c32;
+}
+#endif
+
+static uint32_t
+crc32c_update(uint32_t crc, const unsigned char *p, size_t n, int table)
+{
+#ifdef HAVE_SSE42_CRC32C
+    if (crc32c_hardware && !table) {
+        return crc32c_update_sse42(crc, p, n);
+    }
+#endif
+    (void)table;
+    return crc32c_update_table(crc, p, n);
+}
+
+/* CRC32C of p[0:end] with the 4 bytes at `zeroed` counted as zeros. */
+static uint32_t
+header_crc32c(const unsigned char *p, Py_ssize_t end, Py_ssize_t zeroed)
+{
+    static const unsigned char zeros[4] = {0, 0, 0, 0};
+    uint32_t crc = crc32c_update(0, p, (size_t)zeroed, 0);
+    crc = crc32c_update(crc, zeros, 4, 0);
+    return crc32c_update(crc, p + zeroed + 4, (size_t)(end - zeroed - 4), 0);
 }
 
 /* --- parsing ------------------------------------------------------------------------ */
@@ -323,6 +431,135 @@ v2_host(const unsigned char *packed, int ipv6)
     return ascii_str(text, (Py_ssize_t)strlen(text));
 }
 
+static inline Py_ssize_t
+read_u16(const unsigned char *p)
+{
+    return (Py_ssize_t)p[0] << 8 | p[1];
+}
+
+/* The SSL TLV's value: 5 bytes, then sub-TLVs that end exactly where it ends. */
+static int
+ssl_well_formed(const unsigned char *value, Py_ssize_t size)
+{
+    if (size < SSL_FIXED) {
+        return 0;
+    }
+    Py_ssize_t offset = SSL_FIXED;
+    while (size - offset >= TLV_HEADER) {
+        offset += TLV_HEADER + read_u16(value + offset + 1);
+    }
+    return offset == size;
+}
+
+/* 1 if the bytes are UTF-8 as Python's strict codec says, 0 if not, -1 on an error. */
+static int
+is_utf8(const unsigned char *text, Py_ssize_t size)
+{
+    Py_ssize_t i = 0;
+    while (i < size && text[i] < 0x80) {
+        i++;
+    }
+    if (i == size) {
+        return 1; /* ASCII: the usual host name */
+    }
+    PyObject *decoded = PyUnicode_DecodeUTF8((const char *)text, size, "strict");
+    if (decoded == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    Py_DECREF(decoded);
+    return 1;
+}
+
+/* Check the TLVs in p[start:end] against every rule of _read_tlvs and build their tuple
+ * into *tlvs. FAST_FALLBACK when any rule is broken: Python then raises, saying which. */
+static int
+read_tlvs(speedups_state *st, const unsigned char *p, Py_ssize_t start, Py_ssize_t end,
+          PyObject **tlvs)
+{
+    Py_ssize_t count = 0;
+    Py_ssize_t checksum_at = -1;
+    Py_ssize_t offset = start;
+    while (offset < end) {
+        if (end - offset < TLV_HEADER) {
+            return FAST_FALLBACK;
+        }
+        unsigned char kind = p[offset];
+        Py_ssize_t value_at = offset + TLV_HEADER;
+        Py_ssize_t length = read_u16(p + offset + 1);
+        if (length > end - value_at) {
+            return FAST_FALLBACK;
+        }
+        const unsigned char *value = p + value_at;
+        switch (kind) {
+        case TLV_CRC32C:
+            if (length != 4) {
+                return FAST_FALLBACK;
+            }
+            if (checksum_at < 0) {
+                checksum_at = value_at; /* the first one is checked, as in Python */
+            }
+            break;
+        case TLV_SSL:
+            if (!ssl_well_formed(value, length)) {
+                return FAST_FALLBACK;
+            }
+            break;
+        case TLV_AUTHORITY: {
+            int utf8 = is_utf8(value, length);
+            if (utf8 <= 0) {
+                return utf8 < 0 ? FAST_ERROR : FAST_FALLBACK;
+            }
+            break;
+        }
+        case TLV_UNIQUE_ID:
+            if (length > UNIQUE_ID_MAX) {
+                return FAST_FALLBACK;
+            }
+            break;
+        default:
+            break;
+        }
+        offset = value_at + length;
+        count++;
+    }
+    if (checksum_at >= 0) {
+        const unsigned char *field = p + checksum_at;
+        uint32_t expected = (uint32_t)field[0] << 24 | (uint32_t)field[1] << 16 |
+                            (uint32_t)field[2] << 8 | field[3];
+        if (header_crc32c(p, end, checksum_at) != expected) {
+            return FAST_FALLBACK;
+        }
+    }
+    PyObject *all = PyTuple_New(count);
+    if (all == NULL) {
+        return FAST_ERROR;
+    }
+    offset = start;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t length = read_u16(p + offset + 1);
+        PyObject *kind = PyLong_FromLong(p[offset]);
+        PyObject *value =
+            PyBytes_FromStringAndSize((const char *)p + offset + TLV_HEADER, length);
+        PyObject *tlv = (kind == NULL || value == NULL) ? NULL : alloc_tuple_subclass(st->tlv, 2);
+        if (tlv == NULL) {
+            Py_XDECREF(kind);
+            Py_XDECREF(value);
+            Py_DECREF(all);
+            return FAST_ERROR;
+        }
+        PyTuple_SET_ITEM(tlv, 0, kind);
+        PyTuple_SET_ITEM(tlv, 1, value);
+        PyTuple_SET_ITEM(all, i, tlv);
+        offset += TLV_HEADER + length;
+    }
+    *tlvs = all;
+    return FAST_DONE;
+}
+
 /* A complete v2 PROXY header of family INET or INET6, transport STREAM. */
 static int
 fast_v2(speedups_state *st, PyObject *data, PyObject **result)
@@ -351,10 +588,9 @@ fast_v2(speedups_state *st, PyObject *data, PyObject **result)
     Py_ssize_t tlv_start = V2_FIXED + (ipv6 ? V2_INET6_BLOCK : V2_INET_BLOCK);
     PyObject *tlvs = NULL; /* () */
     if (tlv_start < end) {
-        /* Python's own TLV reader: it raises what the Python decoder would. */
-        tlvs = PyObject_CallFunction(st->read_tlvs, "Onn", data, tlv_start, end);
-        if (tlvs == NULL) {
-            return FAST_ERROR;
+        int outcome = read_tlvs(st, p, tlv_start, end, &tlvs);
+        if (outcome != FAST_DONE) {
+            return outcome;
         }
     }
     const unsigned char *block = p + V2_FIXED;
@@ -384,8 +620,8 @@ PyDoc_STRVAR(decode_doc,
 "\n"
 "Decode the header at the start of ``data`` (a connection's first bytes, all of them).\n"
 "\n"
-"C fast path for complete v1 TCP4/TCP6 and v2 INET/INET6 STREAM headers\n"
-"given as bytes; any other input is passed to the pure-Python decoder.");
+"C fast path for complete, valid v1 TCP4/TCP6 and v2 INET/INET6 STREAM headers\n"
+"(TLVs included) given as bytes; any other input is passed to the pure-Python decoder.");
 
 static PyObject *
 speedups_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -434,14 +670,34 @@ check_tuple_layout(PyObject *type, const char *name)
     return 1;
 }
 
+PyDoc_STRVAR(crc32c_doc,
+"crc32c($module, data, table=False, /)\n"
+"--\n"
+"\n"
+"CRC32C of ``data``, as the decoder computes it: with SSE4.2 where the CPU has it,\n"
+"with the slicing-by-8 table otherwise or when ``table`` is true (for tests).");
+
+static PyObject *
+speedups_crc32c(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    int table = 0;
+    if (!PyArg_ParseTuple(args, "y*|p:crc32c", &data, &table)) {
+        return NULL;
+    }
+    uint32_t crc = crc32c_update(0, (const unsigned char *)data.buf, (size_t)data.len, table);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 PyDoc_STRVAR(configure_doc,
 "configure($module, fallback, decoded_type, header_type, proxy, inet, inet6, stream,\n"
-"          empty_tlvs, read_tlvs, /)\n"
+"          empty_tlvs, tlv_type, /)\n"
 "--\n"
 "\n"
 "Register the pure-Python decode, the Decoded and ProxyHeader classes and the values\n"
 "the results hold: Command.PROXY, Family.INET, Family.INET6, TransportProtocol.STREAM\n"
-"and (); and the pure-Python _read_tlvs(data, start, end), which reads v2 TLVs.");
+"and (); and the TLV class.");
 
 static PyObject *
 speedups_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -454,12 +710,9 @@ speedups_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "configure(): fallback must be callable");
         return NULL;
     }
-    if (!PyCallable_Check(args[8])) {
-        PyErr_SetString(PyExc_TypeError, "configure(): read_tlvs must be callable");
-        return NULL;
-    }
     if (!check_tuple_layout(args[1], "decoded_type") ||
-        !check_tuple_layout(args[2], "header_type")) {
+        !check_tuple_layout(args[2], "header_type") ||
+        !check_tuple_layout(args[8], "tlv_type")) {
         return NULL;
     }
     if (!PyTuple_CheckExact(args[7]) || PyTuple_GET_SIZE(args[7]) != 0) {
@@ -479,7 +732,7 @@ speedups_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(st->inet6, Py_NewRef(args[5]));
     Py_XSETREF(st->stream, Py_NewRef(args[6]));
     Py_XSETREF(st->empty_tlvs, Py_NewRef(args[7]));
-    Py_XSETREF(st->read_tlvs, Py_NewRef(args[8]));
+    Py_XSETREF(st->tlv, (PyTypeObject *)Py_NewRef(args[8]));
     Py_RETURN_NONE;
 }
 
@@ -488,6 +741,7 @@ static PyMethodDef speedups_methods[] = {
      decode_doc},
     {"configure", (PyCFunction)(void (*)(void))speedups_configure, METH_FASTCALL,
      configure_doc},
+    {"crc32c", speedups_crc32c, METH_VARARGS, crc32c_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -508,7 +762,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->inet6);
     Py_VISIT(st->stream);
     Py_VISIT(st->empty_tlvs);
-    Py_VISIT(st->read_tlvs);
+    Py_VISIT(st->tlv);
     return 0;
 }
 
@@ -527,7 +781,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(st->inet6);
     Py_CLEAR(st->stream);
     Py_CLEAR(st->empty_tlvs);
-    Py_CLEAR(st->read_tlvs);
+    Py_CLEAR(st->tlv);
     return 0;
 }
 
@@ -537,7 +791,19 @@ speedups_free(void *module)
     (void)speedups_clear((PyObject *)module);
 }
 
+static int
+speedups_exec(PyObject *module)
+{
+    (void)module;
+    if (pthread_once(&crc32c_once, crc32c_init) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "proxyproto_mw._speedups: CRC32C set-up failed");
+        return -1;
+    }
+    return 0;
+}
+
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

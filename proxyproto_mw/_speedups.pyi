@@ -14,11 +14,13 @@ def configure(
     inet6: Family,
     stream: TransportProtocol,
     empty_tlvs: tuple[()],
-    read_tlvs: Callable[[bytes, int, int], tuple[TLV, ...]],
+    tlv_type: type[TLV],
     /,
 ) -> None:
-    """Register the pure-Python decode and TLV reader, the result classes and the values
-    results hold."""
+    """Register the pure-Python decode, the result classes and the values results hold."""
+
+def crc32c(data: bytes, table: bool = False, /) -> int:
+    """CRC32C of ``data``: SSE4.2 where the CPU has it, the table otherwise or if ``table``."""
 
 def decode(data: bytes) -> Decoded | NeedData:
     """Decode the header at the start of ``data``; input it does not handle goes to Python."""

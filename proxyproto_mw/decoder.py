@@ -493,8 +493,9 @@ raises :class:`~proxyproto_mw.errors.NotAHeader` or
 :class:`~proxyproto_mw.errors.InvalidHeader` (see the module's docstring). The C
 accelerator (``proxyproto_mw._speedups``) replaces it when it is built, unless the
 environment variable ``PROXYPROTO_NO_EXTENSIONS`` is set to a non-empty value; it
-decodes the common headers itself and passes everything else to the pure-Python
-decoder, so both give the same answers.
+decodes the common valid headers itself (v2 TLVs included, by the rules of
+``_read_tlvs``) and passes everything else to the pure-Python decoder, so both give
+the same answers.
 """
 ACCELERATED = False
 """Whether :func:`decode` is the C accelerator."""
@@ -506,7 +507,7 @@ if not os.environ.get("PROXYPROTO_NO_EXTENSIONS"):
         pass
     else:
         _speedups.configure(
-            _decode_python, Decoded, ProxyHeader, _PROXY, _INET, _INET6, _STREAM, (), _read_tlvs
+            _decode_python, Decoded, ProxyHeader, _PROXY, _INET, _INET6, _STREAM, (), TLV
         )
         decode = _speedups.decode
         ACCELERATED = True

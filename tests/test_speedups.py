@@ -1,10 +1,12 @@
 """The C accelerator (``proxyproto_mw._speedups``) against the pure-Python decoder.
 
-The C ``decode`` handles the common complete headers itself and hands everything else
-to ``_decode_python``. Here both get the same inputs, valid, mutated and random, and
-must give equal results of identical types, or raise the same error with the same
-message. A spying fallback shows which inputs the C code decoded itself. The decoder's
-own tests (tests/test_decoder.py) run against both implementations as well.
+The C ``decode`` handles the common complete, valid headers itself (v2 TLVs included)
+and hands everything else to ``_decode_python``. Here both get the same inputs, valid,
+mutated and random, and must give equal results of identical types, or raise the same
+error with the same message. A spying fallback shows which inputs the C code decoded
+itself. The decoder's own tests (tests/test_decoder.py) run against both
+implementations as well; tests/test_sanitizers.py runs a differential fuzz against a
+build of the C code under AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
+from crc32c import crc32c
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxyproto_mw import (
+    TLV,
     Command,
     Decoded,
     Family,
@@ -33,11 +37,14 @@ from proxyproto_mw import (
     NotAHeader,
     ProxyHeader,
     ProxyProtocolError,
+    TLVType,
     TransportProtocol,
+    encode_tlv,
     encode_v2,
+    ssl_tlv,
 )
 from proxyproto_mw import decoder as decoder_module
-from proxyproto_mw.decoder import NeedData, _decode_python, _read_tlvs
+from proxyproto_mw.decoder import NeedData, _decode_python
 
 speedups: ModuleType | None
 try:
@@ -54,7 +61,7 @@ CONFIGURATION = (
     Family.INET6,
     TransportProtocol.STREAM,
     (),
-    _read_tlvs,
+    TLV,
 )
 
 
@@ -133,32 +140,17 @@ def compare(data: object) -> bool:
         if isinstance(expected, NotAHeader):
             assert isinstance(actual, NotAHeader)
             assert_identical(actual.data, expected.data)
-    # C decodes exactly the complete TCP4/TCP6 lines and v2 INET/INET6 STREAM headers
-    # given as bytes (their TLVs, valid or not, through Python's _read_tlvs), and passes
-    # everything else on.
+    # C decodes exactly the valid complete TCP4/TCP6 lines and v2 INET/INET6 STREAM
+    # headers (TLVs included) given as bytes, and passes everything else on.
     handled = not calls
     assert handled == (
         type(data) is bytes
-        and (
-            (
-                isinstance(expected, Decoded)
-                and expected.header.command is Command.PROXY
-                and expected.header.family in (Family.INET, Family.INET6)
-                and expected.header.transport is TransportProtocol.STREAM
-            )
-            or v2_stream_with_tlvs(data)
-        )
+        and isinstance(expected, Decoded)
+        and expected.header.command is Command.PROXY
+        and expected.header.family in (Family.INET, Family.INET6)
+        and expected.header.transport is TransportProtocol.STREAM
     ), f"{data!r}: decoded in C: {handled}"
     return handled
-
-
-def v2_stream_with_tlvs(data: object) -> bool:
-    """Whether ``data`` is a complete v2 PROXY INET/INET6 STREAM header with TLV bytes."""
-    if not isinstance(data, bytes) or len(data) < 16 or not data.startswith(SIGNATURE):
-        return False
-    block = {0x11: 12, 0x21: 36}.get(data[13])
-    length = int.from_bytes(data[14:16], "big")
-    return data[12] == 0x21 and block is not None and block < length <= len(data) - 16
 
 
 def compare_prefixes(data: bytes) -> None:
@@ -272,32 +264,137 @@ def test_everything_else_is_left_to_python(data: bytes) -> None:
     compare_prefixes(data)
 
 
+INET4 = (("192.0.2.1", 1), ("192.0.2.2", 2))
+INET6 = (("2001:db8::1", 1), ("2001:db8::2", 2))
+HAPROXY_TLVS: list[tuple[int, bytes]] = [
+    (TLVType.ALPN, b"h2"),
+    (TLVType.AUTHORITY, b"api.example.com"),
+    (TLVType.UNIQUE_ID, b"CB007107:8B3E_CB007107:01BB_6745A1F2_0001:2A3B"),
+    ssl_tlv(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", client_certificate=b"\x30"),
+    (TLVType.AWS, b"\x01vpce-0123456789abcdef0"),
+    (TLVType.NOOP, b"\x00" * 5),
+]
+
+
+def with_first_crc32c(data: bytes) -> bytes:
+    """``data`` with its first (zeroed) CRC32C TLV's value filled in."""
+    at = data.index(encode_tlv(TLVType.CRC32C, bytes(4))) + 3
+    return data[:at] + crc32c(data).to_bytes(4, "big") + data[at + 4 :]
+
+
+def with_crc32c_first(addresses: tuple[tuple[str, int], tuple[str, int]]) -> bytes:
+    """HAProxy's order: the CRC32C TLV first, then the others."""
+    return with_first_crc32c(
+        encode_v2(*addresses, tlvs=[(TLVType.CRC32C, bytes(4)), *HAPROXY_TLVS])
+    )
+
+
 @needs_speedups
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=[(0x04, b"")]), id="noop"),
+        pytest.param(encode_v2(*INET4, tlvs=[(0x04, b"")]), id="noop-empty"),
+        pytest.param(encode_v2(*INET4, tlvs=HAPROXY_TLVS, checksum=True), id="haproxy-crc-last"),
+        pytest.param(with_crc32c_first(INET4), id="haproxy-crc-first"),
+        pytest.param(with_crc32c_first(INET6) + b"GET", id="inet6-haproxy-crc-first"),
+        pytest.param(
+            encode_v2(*INET6, tlvs=[(1, b"h2"), (2, b"example.com"), (0xEA, b"\x01vpce-1")])
+            + b"GET",
+            id="inet6",
+        ),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.AUTHORITY, "bücher.example".encode())]),
+            id="authority-utf8",
+        ),
         pytest.param(
             encode_v2(
-                ("2001:db8::1", 1),
-                ("2001:db8::2", 2),
-                tlvs=[(0x01, b"h2"), (0x02, b"example.com"), (0xEA, b"\x01vpce-1")],
-                checksum=True,
-            )
-            + b"GET",
-            id="inet6-crc32c",
+                *INET4,
+                tlvs=[(TLVType.AUTHORITY, "\U0001d518\U0001d52b\U0001d526".encode()), (2, b"")],
+            ),
+            id="authority-4-byte-utf8-and-empty",
         ),
-        pytest.param(SIGNATURE + b"\x21\x11\x00\x0d" + bytes(13), id="truncated-tlv"),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.UNIQUE_ID, b"u" * 128)]), id="unique-128"),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.SSL, b"\x01" + bytes(4))]), id="ssl-bare"),
         pytest.param(
-            encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=[(0x02, b"\xff")]),
-            id="authority-not-utf8",
+            with_first_crc32c(encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(4))] * 3)),
+            id="three-crc32c-first-checked",
+        ),
+        pytest.param(encode_v2(*INET4, tlvs=[(0xE5, bytes(0xFFFF - 12 - 3))]), id="longest-header"),
+        pytest.param(
+            encode_v2(
+                *INET4,
+                tlvs=[(k, bytes(5) if k == 0x20 else bytes([k])) for k in range(256) if k != 3],
+            ),
+            id="all-types",
         ),
     ],
 )
-def test_v2_tlvs_are_read_by_pythons_reader(data: bytes) -> None:
-    """Addresses in C, TLVs (and their errors) from the one Python reader."""
+def test_v2_tlvs_are_decoded_in_c(data: bytes) -> None:
     assert compare(data)
+    compare_prefixes(data[:400])
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(SIGNATURE + b"\x21\x11\x00\x0d" + bytes(13), id="one-stray-byte"),
+        pytest.param(SIGNATURE + b"\x21\x11\x00\x0e" + bytes(14), id="two-stray-bytes"),
+        pytest.param(encode_v2(*INET4, tlvs=[(1, b"h2")])[:-1], id="cut-value"),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.AUTHORITY, b"\xff")]), id="authority-not-utf8"
+        ),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.AUTHORITY, b"\xed\xa0\x80")]),
+            id="authority-surrogate",
+        ),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.AUTHORITY, b"\xc0\xaf")]), id="authority-overlong"
+        ),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.UNIQUE_ID, b"u" * 129)]), id="unique-129"),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.SSL, bytes(4))]), id="ssl-4-bytes"),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.SSL, bytes(5) + b"\x21\x00\x09TLSv1.3")]),
+            id="ssl-sub-tlv-past-end",
+        ),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.SSL, bytes(5) + b"\x21\x00")]),
+            id="ssl-stray-sub-bytes",
+        ),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(3))]), id="crc32c-3-bytes"),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(5))]), id="crc32c-5-bytes"),
+        pytest.param(encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(4))]), id="crc32c-zero"),
+        pytest.param(
+            encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(4))], checksum=True),
+            id="second-crc32c-not-first",
+        ),
+    ],
+)
+def test_v2_tlv_errors_are_left_to_python(data: bytes) -> None:
+    """Any broken TLV rule: Python decodes it and says why."""
+    assert not compare(data)
     compare_prefixes(data)
+
+
+@needs_speedups
+def test_every_bit_flip_of_a_checksummed_header_decodes_alike() -> None:
+    data = with_crc32c_first(INET4)
+    for at in range(len(data)):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[at] ^= 1 << bit
+            compare(bytes(flipped))
+
+
+@needs_speedups
+@settings(deadline=None, max_examples=300)
+@given(st.binary(max_size=300), st.integers(0, 300))
+def test_crc32c_is_castagnoli(data: bytes, cut: int) -> None:
+    """The C CRC32C, by SSE4.2 and by table, is the crc32c package's, at any alignment."""
+    module = c_module()
+    assert module.crc32c(b"123456789") == module.crc32c(b"123456789", True) == 0xE3069283
+    for piece in (data, data[cut % (len(data) + 1) :]):
+        assert module.crc32c(piece) == module.crc32c(piece, True) == crc32c(piece)
 
 
 class Bytes(bytes):
@@ -360,9 +457,11 @@ def test_configure_checks_its_arguments() -> None:
     module.configure(_decode_python, Pair, *CONFIGURATION[1:])  # any NamedTuple will do
     module.configure(_decode_python, *CONFIGURATION)
     with pytest.raises(TypeError):
-        module.configure(_decode_python, *CONFIGURATION[:-2], (1,), _read_tlvs)
+        module.configure(_decode_python, *CONFIGURATION[:-2], (1,), TLV)
     with pytest.raises(TypeError):
         module.configure(_decode_python, *CONFIGURATION[:-1], None)
+    with pytest.raises(TypeError):
+        module.configure(_decode_python, *CONFIGURATION[:-1], dict)
     assert compare(V1)
 
 
@@ -451,6 +550,51 @@ def v2_headers(draw: st.DrawFn) -> bytes:
     return bytes(data) + draw(st.binary(max_size=8))
 
 
+tlv_records: st.SearchStrategy[tuple[int, bytes]] = st.one_of(
+    st.tuples(st.integers(0, 255), st.binary(max_size=24)),
+    st.tuples(
+        st.sampled_from([1, 2, 3, 4, 5, 0x20, 0x30, 0xE0, 0xEA, 0xEE]), st.binary(max_size=12)
+    ),
+    st.tuples(st.just(2), st.text(max_size=8).map(str.encode)),
+    st.tuples(st.just(5), st.binary(min_size=120, max_size=130)),
+    st.builds(
+        ssl_tlv,
+        client=st.integers(0, 7),
+        verify=st.integers(0, 3),
+        version=st.none() | st.just("TLSv1.3"),
+        common_name=st.none() | st.text(max_size=6),
+        client_certificate=st.none() | st.binary(max_size=8),
+    ).map(lambda record: (record.type, record.value)),
+)
+
+
+@st.composite
+def v2_tlv_headers(draw: st.DrawFn) -> bytes:
+    """v2 INET/INET6 STREAM headers with random TLV sequences, often with a CRC32C
+    (correct, where ever it is), sometimes with a byte replaced or the length changed."""
+    family = draw(st.sampled_from([4, 6]))
+    hosts = ipv4_texts if family == 4 else ipv6_addresses.map(str)
+    ports = st.integers(0, 0xFFFF)
+    records = draw(st.lists(tlv_records, max_size=7))
+    checksum_at = draw(st.none() | st.integers(0, len(records)))
+    if checksum_at is not None:
+        records.insert(checksum_at, (TLVType.CRC32C, bytes(4)))
+    data = bytearray(encode_v2((draw(hosts), draw(ports)), (draw(hosts), draw(ports))))
+    block_end = len(data)
+    for kind, value in records:
+        data += encode_tlv(kind, value)
+    data[14:16] = (len(data) - 16).to_bytes(2, "big")
+    if checksum_at is not None:
+        at = block_end + 3 + sum(3 + len(value) for _, value in records[:checksum_at])
+        data[at : at + 4] = crc32c(bytes(data)).to_bytes(4, "big")
+    change = draw(st.sampled_from(["none"] * 6 + ["byte", "length"]))
+    if change == "byte":
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    elif change == "length":
+        data[14:16] = draw(st.integers(0, len(data) + 8 - 16)).to_bytes(2, "big")
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
 @st.composite
 def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     """``base`` with a few bytes replaced, inserted, deleted, or cut short."""
@@ -502,6 +646,20 @@ def test_v2_headers_cut_anywhere_decode_alike(data: bytes) -> None:
 
 @needs_speedups
 @SETTINGS
+@given(v2_tlv_headers())
+def test_v2_tlv_sequences_decode_alike(data: bytes) -> None:
+    compare(data)
+
+
+@needs_speedups
+@settings(SETTINGS, max_examples=200)
+@given(v2_tlv_headers())
+def test_v2_tlv_sequences_cut_anywhere_decode_alike(data: bytes) -> None:
+    compare_prefixes(data)
+
+
+@needs_speedups
+@SETTINGS
 @given(
     st.one_of(
         st.binary(max_size=120),
@@ -510,6 +668,7 @@ def test_v2_headers_cut_anywhere_decode_alike(data: bytes) -> None:
         st.binary(max_size=60).map(lambda data: SIGNATURE + data),
         mutated(v1_lines()),
         mutated(v2_headers()),
+        mutated(v2_tlv_headers()),
     )
 )
 def test_random_and_mutated_bytes_decode_alike(data: bytes) -> None:
@@ -540,11 +699,14 @@ LEAK_INPUTS = [
     b"PROXY TCP6 2001:db8::22 2001:db8:1::7 35646 443\r\n",
     encode_v2(("198.51.100.22", 35646), ("203.0.113.7", 80)),
     encode_v2(("2001:db8::22", 35646), ("2001:db8:1::7", 443)) + b"x",
+    encode_v2(*INET4, tlvs=[*HAPROXY_TLVS, (TLVType.AUTHORITY, "bücher".encode())], checksum=True),
 ]
 FALLBACK_INPUTS = [
     b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 80",  # NEED_DATA
     b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 65536\r\n",  # InvalidHeader
     b"GET / HTTP/1.1\r\n",  # NotAHeader
+    encode_v2(*INET4, tlvs=[(TLVType.AUTHORITY, b"caf\xe9")]),  # not UTF-8
+    encode_v2(*INET4, tlvs=[(TLVType.CRC32C, bytes(4))]),  # ChecksumMismatch
 ]
 
 
