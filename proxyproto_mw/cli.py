@@ -244,5 +244,13 @@ def main() -> None:
 
 main.add_command(serve)
 
+from .aws import aws_group  # noqa: E402
+from .inspector import inspect_command  # noqa: E402
+from .probe import probe_command  # noqa: E402
+
+main.add_command(inspect_command)
+main.add_command(probe_command)
+main.add_command(aws_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
