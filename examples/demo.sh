@@ -2,26 +2,38 @@
 # The demo: HAProxy (TCP mode, send-proxy-v2) in front of `proxyproto-mw serve`, the way an
 # ELB or NLB TCP listener would sit in front of your app. Installs what it needs, then runs
 # until Ctrl-C. Open http://127.0.0.1:8080/ (through HAProxy) to see your own address.
+# FRONT_PORT (default 8080) and APP_PORT (default 8000) change the ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRONT_PORT="${FRONT_PORT:-8080}"
 APP_PORT="${APP_PORT:-8000}"
 
 . examples/setup.sh
-install_example -e '.[uvicorn]'
+install_example "proxyproto_mw uvicorn starlette" -e '.[uvicorn]'
 
 workdir="$(mktemp -d)"
 haproxy_config examples/haproxy-demo.cfg "$workdir/haproxy.cfg"
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$workdir"; }
-pids=()
-trap cleanup EXIT INT TERM
+app_pid="" haproxy_pid=""
+cleanup() {
+  # HAProxy first: its health checks would report the app going away.
+  local pid
+  for pid in $haproxy_pid $app_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-# Only HAProxy, on loopback, is trusted to send PROXY headers.
+# Only HAProxy, on loopback, is trusted to send PROXY headers. A real deployment listens on
+# every interface (--host 0.0.0.0) and trusts the balancers' network instead.
 PROXYPROTO_TRUSTED=127.0.0.1 proxyproto-mw serve examples.demo_app:app \
   --host 127.0.0.1 --port "$APP_PORT" &
-pids+=($!)
+app_pid=$!
+wait_for_port "$APP_PORT"
 haproxy -f "$workdir/haproxy.cfg" -db &
-pids+=($!)
+haproxy_pid=$!
 
 for _ in $(seq 50); do
   curl -s -o /dev/null "http://127.0.0.1:$FRONT_PORT/whoami" && break

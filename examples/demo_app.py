@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">
@@ -32,17 +32,22 @@ ws.onmessage = (event) => {{
 """
 
 
+def _shown(value: object) -> object:
+    """``value`` as JSON shows it: bytes (TLV values, ALPN, unique ID) as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(key): _shown(item) for key, item in value.items()}
+    return value
+
+
 def _seen(connection: Request | WebSocket) -> dict[str, object]:
     client = connection.client
     header = connection.scope.get("extensions", {}).get("proxy_protocol")
-    shown = None
-    if header is not None:
-        shown = {key: value for key, value in header.items() if key != "tlvs"}
-        shown["tlvs"] = {str(kind): value.hex() for kind, value in header["tlvs"].items()}
     return {
         "client": f"{client.host}:{client.port}" if client else None,
         "scheme": connection.url.scheme,
-        "proxy_protocol": shown,
+        "proxy_protocol": _shown(header),
     }
 
 
@@ -57,10 +62,15 @@ async def whoami(request: Request) -> JSONResponse:
 
 
 async def websocket(socket: WebSocket) -> None:
-    """Send the visitor what the app sees of the WebSocket connection."""
+    """Send the visitor what the app sees of the WebSocket connection, then wait until the
+    visitor leaves (closing the page is the normal end, not an error)."""
     await socket.accept()
-    await socket.send_text(json.dumps(_seen(socket), default=str))
-    await socket.receive_text()
+    await socket.send_text(json.dumps(_seen(socket)))
+    try:
+        while True:
+            await socket.receive_text()
+    except WebSocketDisconnect:
+        pass
 
 
 app = Starlette(

@@ -8,32 +8,30 @@ FRONT_PORT="${FRONT_PORT:-8081}"
 APP_PORT="${APP_PORT:-8001}"
 
 . examples/setup.sh
-install_example -e '.[gunicorn]' fastapi
+install_example "proxyproto_mw gunicorn uvicorn_worker fastapi websockets" -e '.[gunicorn]' fastapi
 
 workdir="$(mktemp -d)"
 haproxy_config examples/chat/haproxy.cfg "$workdir/haproxy.cfg"
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$workdir"; }
-pids=()
-trap cleanup EXIT INT TERM
+gunicorn_pid="" haproxy_pid=""
+cleanup() {
+  # HAProxy first: its health checks would report gunicorn going away.
+  local pid
+  for pid in $haproxy_pid $gunicorn_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # gunicorn reads PROXY v2 headers, and believes them only from HAProxy (127.0.0.1).
 CHAT_BIND="127.0.0.1:$APP_PORT" gunicorn -c examples/chat/gunicorn.conf.py --no-control-socket &
-pids+=($!)
+gunicorn_pid=$!
 # HAProxy starts once gunicorn listens, so that its first health check passes.
-python - "$APP_PORT" <<'PY'
-import socket, sys, time
-deadline = time.monotonic() + 30
-while True:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            sys.exit("gunicorn did not start")
-        time.sleep(0.2)
-PY
+wait_for_port "$APP_PORT"
 haproxy -f "$workdir/haproxy.cfg" -db &
-pids+=($!)
+haproxy_pid=$!
 
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$FRONT_PORT/healthz" && break
