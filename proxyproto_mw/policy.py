@@ -9,6 +9,7 @@ other peer closes the connection. Every server adapter applies the same
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import math
@@ -29,6 +30,7 @@ from .errors import (
     UntrustedHeader,
 )
 from .header import Address, ProxyHeader
+from .rejections import RejectionLog
 
 _new = tuple.__new__
 
@@ -42,9 +44,14 @@ __all__ = [
     "environment_policy",
     "log_rejection",
     "logger",
+    "rejection_log",
 ]
 
 logger = logging.getLogger("proxyproto_mw")
+rejection_log: Final = RejectionLog(logger)
+"""The process's :class:`~proxyproto_mw.rejections.RejectionLog`: a flood of rejections
+is counted rather than written line by line. Its last counts are written at exit."""
+atexit.register(rejection_log.flush)
 
 DEFAULT_TRUSTED: Final = ("127.0.0.1", "::1")
 """Loopback only, as gunicorn's and uvicorn's forwarded-address settings default to."""
@@ -245,6 +252,20 @@ class TrustPolicy:
             f"timeout={self.timeout:g}, versions={sorted(self.versions)!r})"
         )
 
+    def describe(self) -> str:
+        """One line saying what the policy does, for a server to log at start-up."""
+        if self.mode is Mode.OFF:
+            return "PROXY protocol off: no header is read, connections keep their own addresses"
+        versions = " and ".join(f"v{version}" for version in sorted(self.versions))
+        trusted = "every peer" if self._any else ", ".join(self.trusted) or "no peer"
+        if self.trust_unix_peers and not self._any:
+            trusted += " and UNIX-socket peers"
+        required = "required" if self.mode is Mode.REQUIRE else "optional"
+        return (
+            f"PROXY protocol {versions} {required} from {trusted} ({self.setting}), "
+            f"header timeout {self.timeout:g} s; other peers are served with their own address"
+        )
+
     def trusts(self, host: str | None) -> bool:
         """Whether a header from the peer at ``host`` (an IP address) is believed."""
         if self._any:
@@ -321,7 +342,9 @@ class Admission:
             if self._policy.mode is Mode.REQUIRE:
                 raise MissingHeader(
                     f"no PROXY header from trusted peer {self._host} "
-                    f"(mode is require; the connection starts with {error.data[:12]!r})"
+                    f"(mode is require; the connection starts with {error.data[:12]!r}); "
+                    f"to try without a load balancer, set {MODE_VARIABLE}=optional or "
+                    "send one with curl --haproxy-protocol"
                 ) from None
             return Admitted(None, error.data)
         if decoded is NEED_DATA:
@@ -341,7 +364,11 @@ class Admission:
         if signature:
             setting = self._policy.setting
             if self.peer:
-                advice = f"add {self._host} to {setting} if it is your load balancer"
+                advice = (
+                    f"add {self._host} to {setting} if it is your load balancer; behind an "
+                    "AWS NLB that preserves client IPs the peer is the client itself, see "
+                    "README#aws-nlb-trust"
+                )
             else:
                 advice = f"peers without an IP address are trusted only by '*' in {setting}"
             raise UntrustedHeader(
@@ -354,6 +381,19 @@ class Admission:
         if self._decoder is None:
             self._decoder = HeaderDecoder()
         self._decoder.feed(data)
+
+    @property
+    def holds_every_byte(self) -> bool:
+        """Whether every byte fed so far, and every later one up to the header's end, is part
+        of the header or of a connection that will be refused: a reader of a socket may
+        take them off it, and wait for new bytes only. False while bytes fed may still
+        turn out to be the application's (a peer that is not trusted, mode ``optional``),
+        that is until a signature is complete."""
+        if not self.trusted:
+            return False
+        if self._policy.mode is Mode.REQUIRE:
+            return True
+        return self._decoder is not None and bool(match_signature(self._decoder.buffered))
 
     @property
     def _host(self) -> str:
@@ -369,9 +409,12 @@ class Admission:
 
 
 def log_rejection(peer: Address | str | None, error: ProxyProtocolError) -> None:
-    """Log, as one WARNING line, why a connection is closed."""
+    """Log, as one WARNING line, why a connection is closed; count it instead when the same
+    peer floods the log with the same kind of rejection (see :mod:`~proxyproto_mw.rejections`).
+    """
     if isinstance(peer, tuple):
-        where = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        host = peer[0]
+        where = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     else:
-        where = peer or "unknown peer"
-    logger.warning("closing connection from %s: %s", where, error)
+        host = where = peer or "unknown peer"
+    rejection_log.reject(where, host, type(error).__name__, error)

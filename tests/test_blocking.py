@@ -239,7 +239,7 @@ class RecordingSocket(socket.socket):
 )
 def test_peeks_stay_within_the_header(name: str, size: int, limit: int) -> None:
     """Peeks ask for no more than a whole v1 line, or the v2 header's declared length; the
-    one read that takes bytes takes exactly the header."""
+    reads that take bytes take exactly the header, piece by piece as it arrives."""
     header = HEADERS[name]
     with tcp_connection() as (server, client):
         recording = RecordingSocket(fileno=server.detach())
@@ -256,7 +256,50 @@ def test_peeks_stay_within_the_header(name: str, size: int, limit: int) -> None:
     peeks = [size for size, flags in calls if flags & socket.MSG_PEEK]
     takes = [size for size, flags in calls if not flags & socket.MSG_PEEK]
     assert peeks and max(peeks) <= limit, peeks
-    assert takes == [len(header)], takes
+    assert sum(takes) == len(header), takes
+
+
+STALLS = {
+    # A trusted peer in mode require: every byte is the header's, taken as it comes.
+    "v1-part": (LOOPBACK, "127.0.0.2", HEADERS["v1"][:14]),
+    "v2-part": (LOOPBACK, "127.0.0.2", HEADERS["v2"][:20]),
+    # Bytes that may yet be the application's stay on the socket, which wakes only for more.
+    "optional-signature-part": (
+        TrustPolicy(trusted="127.0.0.0/8", mode="optional", timeout=3),
+        "127.0.0.2",
+        b"PROX",
+    ),
+    "untrusted-signature-part": (ONLY_127_0_0_1, "127.0.0.3", b"\r\n\r\n\x00"),
+}
+
+
+@pytest.mark.parametrize("policy, source, sent", STALLS.values(), ids=STALLS.keys())
+def test_waiting_for_a_stalled_header_reads_nothing_more(
+    policy: TrustPolicy, source: str, sent: bytes
+) -> None:
+    """A peer that sent part of a header and stalls: the reader waits on the socket, and
+    reads again only when more arrives (no polling loop), then finishes the header."""
+    header = HEADERS["v2"] if sent.startswith(b"\r") else HEADERS["v1"]
+    with tcp_connection(source) as (server, client):
+        recording = RecordingSocket(fileno=server.detach())
+        recording.calls = []
+        with recording:
+            client.sendall(sent)
+            sender = Sender(client, [b"", header[len(sent) :] + PAYLOAD], delay=1.0, close=True)
+            sender.start()
+            try:
+                received = receive_header(recording, policy, peer_of(recording))
+            except UntrustedHeader:
+                received = None
+            calls = list(recording.calls)
+            sender.finish()
+    if policy is ONLY_127_0_0_1:
+        assert received is None  # refused, once the signature was complete
+    else:
+        assert received == _header_of(header)
+    # Before the 1 s stall: a peek, then (when bytes stay) one more to set the threshold;
+    # after it: one peek, the take. A polling loop would have peeked about 200 times.
+    assert len(calls) <= 6, calls
 
 
 # --- no header --------------------------------------------------------------------------
