@@ -1,0 +1,1 @@
+"""Examples: the demo, the chat, the Flask and FastAPI apps, and the balancer configurations."""
