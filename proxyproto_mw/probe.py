@@ -476,7 +476,8 @@ def probe_command(
         _fail(TIMED_OUT, f"no connection to {target.host}:{target.port} within {timeout:g} s")
     except OSError as error:
         _fail(CANNOT_CONNECT, f"cannot connect to {target.host}:{target.port}: {error}")
-    described = "LOCAL" if local else f"client {claimed_client[0]}:{claimed_client[1]}"
+    host, port = claimed_client
+    described = "LOCAL" if local else f"client {f'[{host}]' if ':' in host else host}:{port}"
     click.echo(f"> PROXY v{number} header ({len(header)} bytes), {described}", err=True)
     try:
         with sock:
