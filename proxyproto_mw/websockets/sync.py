@@ -1,0 +1,209 @@
+"""The ``websockets`` library's threaded server behind a PROXY header.
+
+``serve(handler, host, port, policy=..., **websockets_options)`` is used exactly like
+:func:`websockets.sync.server.serve`, whose every option it passes through; it builds
+each connection as a :class:`ProxyProtocolConnection`, which can also be given to the
+library's own ``serve`` as ``create_connection=``.
+
+The library builds each connection in the connection's own thread; this class reads the
+header there first, from the blocking socket (:func:`proxyproto_mw.blocking.receive_header`
+takes exactly the header's bytes), and only then lets the library's connection start
+reading. A connection that cannot be served is closed without a byte and logged once.
+``connection.remote_address`` and ``connection.local_address`` answer the header's client
+and server addresses; :func:`proxy_protocol` gives the handler the decoded header.
+
+With ``ssl=``, the header is read in clear and TLS starts after it on the same socket.
+The library would start TLS before it builds the connection, so :func:`serve` keeps the
+context from it and hands it to the connection class.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import websockets.sync.server
+from websockets.server import ServerProtocol
+from websockets.sync.server import Server, ServerConnection
+
+from ..blocking import receive_header, reject
+from ..errors import ConnectionClosed, ProxyProtocolError
+from ..header import Address, ProxyHeader, ProxyProtocolInfo
+from ..policy import TrustPolicy, environment_policy
+
+__all__ = ["ProxyProtocolConnection", "proxy_protocol", "serve"]
+
+_C = TypeVar("_C", bound="ProxyProtocolConnection")
+
+
+class ProxyProtocolConnection(ServerConnection):
+    """A :class:`websockets.sync.server.ServerConnection` that starts with a PROXY header.
+
+    Pass it (or a class from :meth:`with_policy`) as ``create_connection=`` to
+    :func:`websockets.sync.server.serve`. ``remote_address`` and ``local_address`` are
+    the header's client and server, except for headers without addresses (v1 ``UNKNOWN``,
+    v2 ``LOCAL``), which keep the socket's. Pass TLS settings to :meth:`with_policy` (or to
+    :func:`serve`), never as the library's ``ssl=``: the library's TLS would start before
+    the header, which is sent in clear.
+    """
+
+    policy: ClassVar[TrustPolicy | None] = None
+    """None: the policy from the ``PROXYPROTO_*`` environment variables."""
+    tls_context: ClassVar[ssl.SSLContext | None] = None
+    """Serve TLS on the connection after the header."""
+    tls_handshake_timeout: ClassVar[float | None] = 10.0
+    """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
+
+    proxy_header: ProxyHeader | None = None
+    """The connection's PROXY header; None when it came without one."""
+    proxy_info: ProxyProtocolInfo | None = None
+    """The header as the ASGI extension holds it; see :func:`proxy_protocol`."""
+    _client: Address | None = None
+    _server: Address | None = None
+    _peer: Any = None
+    """The socket's peer, as ``getpeername()`` told it before the connection started."""
+
+    @classmethod
+    def with_policy(
+        cls: type[_C],
+        policy: TrustPolicy | None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float | None = 10.0,
+    ) -> type[_C]:
+        """A subclass applying ``policy`` (None: the environment's); with ``tls`` it serves
+        TLS after the header."""
+        namespace = {
+            "policy": policy,
+            "tls_context": tls,
+            "tls_handshake_timeout": tls_handshake_timeout,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        }
+        return type(cls.__name__, (cls,), namespace)
+
+    def __init__(
+        self, sock: socket.socket, protocol: ServerProtocol, server: Server, **kwargs: Any
+    ) -> None:
+        """Read the header (and start TLS), then start the library's connection.
+
+        Raises the :class:`~proxyproto_mw.errors.ProxyProtocolError` that closed the
+        connection, after logging it; the library then forgets the connection quietly.
+        """
+        policy = self.policy
+        if policy is None:  # from the environment, read once for the class
+            policy = type(self).policy = environment_policy()
+        try:
+            name = sock.getpeername()
+        except OSError as error:  # reset before this thread ran
+            sock.close()
+            raise ConnectionClosed(f"connection reset before it was served ({error})") from None
+        peer: Address | None = (name[0], name[1]) if isinstance(name, tuple) else None
+        self._peer = name
+        try:
+            header = receive_header(sock, policy, peer)
+        except ProxyProtocolError as error:
+            reject(sock, peer, error)
+            raise
+        if self.tls_context is not None:
+            sock = _start_tls(sock, peer, self.tls_context, self.tls_handshake_timeout)
+        if header is not None:
+            self.proxy_header = header
+            self.proxy_info = header.as_dict(peer, tls=self.tls_context is not None)
+            if header.source is not None:
+                self._client = header.source
+                self._server = header.destination
+        super().__init__(sock, protocol, server, **kwargs)
+
+    @property
+    def remote_address(self) -> Any:
+        """The client's address: the header's, else the socket's peer (still known once
+        the socket is closed)."""
+        client = self._client
+        return client if client is not None else self._peer
+
+    @property
+    def local_address(self) -> Any:
+        """The address the client reached: the header's, else the socket's own."""
+        server = self._server
+        return server if server is not None else super().local_address
+
+
+def _start_tls(
+    sock: socket.socket, peer: Address | None, context: ssl.SSLContext, timeout: float | None
+) -> ssl.SSLSocket:
+    """``sock`` with TLS served on it, after the header that was read in clear; a failed
+    handshake closes it and is logged as in the asyncio server."""
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls.settimeout(timeout)
+        tls.do_handshake()
+        tls.settimeout(None)
+    except (OSError, ValueError) as error:  # ssl.SSLError and TimeoutError are OSErrors
+        failed = ProxyProtocolError(f"TLS handshake after the PROXY header failed: {error}")
+        reject(tls, peer, failed)
+        raise failed from None
+    return tls
+
+
+def proxy_protocol(connection: ServerConnection) -> ProxyProtocolInfo | None:
+    """The connection's PROXY header as ASGI's ``scope["extensions"]["proxy_protocol"]``
+    holds it, or None when the connection came without one."""
+    return getattr(connection, "proxy_info", None)
+
+
+def connection_class(
+    create_connection: type[ServerConnection] | None,
+) -> type[ProxyProtocolConnection]:
+    """``create_connection`` (a ServerConnection subclass) reading a PROXY header first."""
+    if create_connection is None:
+        return ProxyProtocolConnection
+    if not isinstance(create_connection, type) or not issubclass(
+        create_connection, ServerConnection
+    ):
+        raise TypeError(
+            f"create_connection={create_connection!r} must be a subclass of "
+            "websockets.sync.server.ServerConnection"
+        )
+    if issubclass(create_connection, ProxyProtocolConnection):
+        return create_connection
+    combined: type[ProxyProtocolConnection] = type(
+        create_connection.__name__,
+        (ProxyProtocolConnection, create_connection),
+        {"__module__": create_connection.__module__},
+    )
+    return combined
+
+
+def serve(
+    handler: Callable[[ServerConnection], None],
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    policy: TrustPolicy | None = None,
+    **websockets_options: Any,
+) -> Server:
+    """:func:`websockets.sync.server.serve`, with a PROXY header before each connection.
+
+    ``policy`` defaults to the ``PROXYPROTO_*`` environment variables (read now, so that a
+    bad value fails here). Every other option is the library's; ``ssl=`` serves TLS after
+    the header, and ``create_connection=`` may name your own ServerConnection subclass.
+    Use it as the library's: ``with serve(handler, host, port) as server: ...``.
+    """
+    if policy is None:
+        environment_policy()
+    tls = websockets_options.pop("ssl", None)
+    if tls is None:  # the library's former name for ssl
+        tls = websockets_options.pop("ssl_context", None)
+    create_connection = connection_class(websockets_options.pop("create_connection", None))
+    return websockets.sync.server.serve(
+        handler,
+        host,
+        port,
+        create_connection=create_connection.with_policy(
+            policy, tls=tls, tls_handshake_timeout=websockets_options.get("open_timeout", 10)
+        ),
+        **websockets_options,
+    )
