@@ -1,10 +1,11 @@
 """The chat example, run from its own files: ``examples/chat/gunicorn.conf.py`` behind
 ``examples/chat/haproxy.cfg``, on free ports instead of 8001 and 8081.
 
-Two ``websockets`` clients, bound to 127.0.0.2 and 127.0.0.3, join through HAProxy; each
-receives the other's message stamped with the sender's address, which gunicorn's worker
-took from HAProxy's PROXY v2 header. The example runs one worker, as its configuration
-says: the room is in the worker's memory.
+Two ``websockets`` clients, bound to 127.0.0.2 and 127.0.0.4, join through HAProxy (which
+connects to gunicorn from 127.0.0.3); each receives the other's message stamped with the
+sender's address, which gunicorn's worker took from HAProxy's PROXY v2 header. The example
+runs one worker, as its configuration says: the room is in the worker's memory. The last
+test runs ``bash examples/chat/run.sh`` itself, as README.md says.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from websockets.asyncio.client import connect as websocket_connect
 
 from proxyproto_mw import encode_v1, encode_v2
 from tests.clients import WARNING, assert_closed_silently, open_from, request
+from tests.example_scripts import run_script
 from tests.gunicorn_server import Gunicorn
 from tests.haproxy import HAProxy, free_port, haproxy_available
 from tests.servers import REPOSITORY
@@ -96,15 +99,15 @@ async def next_message(websocket: ClientConnection) -> dict[str, str]:
 def test_each_receives_the_other_message_stamped_with_the_sender_address(chat: Chat) -> None:
     async def conversation() -> None:
         alice, alice_address = await join(chat, "127.0.0.2")
-        bob, bob_address = await join(chat, "127.0.0.3")
+        bob, bob_address = await join(chat, "127.0.0.4")
         try:
-            assert (alice_address, bob_address) == ("127.0.0.2", "127.0.0.3")
+            assert (alice_address, bob_address) == ("127.0.0.2", "127.0.0.4")
             await alice.send("hello from alice")
             alice_hears = {"from": "127.0.0.2", "text": "hello from alice"}
             assert await next_message(bob) == alice_hears
             assert await next_message(alice) == alice_hears  # everyone, the sender too
             await bob.send("hello from bob")
-            bob_hears = {"from": "127.0.0.3", "text": "hello from bob"}
+            bob_hears = {"from": "127.0.0.4", "text": "hello from bob"}
             assert await next_message(alice) == bob_hears
             assert await next_message(bob) == bob_hears
         finally:
@@ -115,7 +118,7 @@ def test_each_receives_the_other_message_stamped_with_the_sender_address(chat: C
 
 
 def test_the_page_and_the_health_check(chat: Chat) -> None:
-    transport = httpx.HTTPTransport(local_address="127.0.0.4")
+    transport = httpx.HTTPTransport(local_address="127.0.0.5")
     with httpx.Client(transport=transport, trust_env=False, timeout=5) as client:
         page = client.get(f"http://127.0.0.1:{chat.front_port}/")
         health = client.get(f"http://127.0.0.1:{chat.front_port}/healthz")
@@ -125,7 +128,7 @@ def test_the_page_and_the_health_check(chat: Chat) -> None:
 
 
 def test_the_example_configuration_is_in_effect(chat: Chat) -> None:
-    """The worker class of gunicorn.conf.py; v2 only, from HAProxy only."""
+    """The worker class of gunicorn.conf.py; v2 only, from HAProxy (127.0.0.3) only."""
     output = chat.gunicorn.output()
     assert "Using worker: proxyproto_mw.gunicorn.UvicornWorker" in output
     assert chat.gunicorn.worker_pids() == chat.gunicorn.booted()
@@ -133,11 +136,31 @@ def test_the_example_configuration_is_in_effect(chat: Chat) -> None:
     # Reaching gunicorn directly, not through HAProxy: a v1 header is refused, and a v2
     # header from any address but HAProxy's is not believed.
     for source, header, reason in (
-        ("127.0.0.1", encode_v1(("6.6.6.6", 1234), ("127.0.0.1", 80)), "but only v2 accepted"),
-        ("127.0.0.2", encode_v2(("6.6.6.6", 1234), ("127.0.0.1", 80)), "--proxy-allow-from"),
+        ("127.0.0.3", encode_v1(("6.6.6.6", 1234), ("127.0.0.1", 80)), "but only v2 accepted"),
+        ("127.0.0.1", encode_v2(("6.6.6.6", 1234), ("127.0.0.1", 80)), "--proxy-allow-from"),
     ):
         mark = chat.gunicorn.mark()
         with open_from(source, chat.gunicorn.address) as sock:
             sock.sendall(header + request())
             assert_closed_silently(sock)
         mark.wait_for(rf"{WARNING} {source}:\d+: .*{reason}")
+
+
+def test_run_sh_as_readme_says(tmp_path: Path) -> None:
+    """``bash examples/chat/run.sh`` (free ports): its two clients exchange a message, each
+    stamped with its own address; no alert, no traceback, no refused connection."""
+    script = run_script(
+        ["bash", "examples/chat/run.sh"],
+        tmp_path / "run.log",
+        {"FRONT_PORT": str(free_port()), "APP_PORT": str(free_port())},
+    )
+    try:
+        script.wait_for("Ctrl-C stops the example.", timeout=60)
+    finally:
+        script.stop()
+    output = script.output()
+    assert 'joined as {"you":"127.0.0.2"}' in output, output
+    assert 'joined as {"you":"127.0.0.4"}' in output, output
+    assert 'bob received {"from":"127.0.0.2","text":"hello from alice"}' in output, output
+    for fault in ("[ALERT]", "Traceback", WARNING):
+        assert fault not in output, output

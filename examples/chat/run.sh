@@ -25,7 +25,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# gunicorn reads PROXY v2 headers, and believes them only from HAProxy (127.0.0.1).
+# gunicorn reads PROXY v2 headers, and believes them only from HAProxy (which connects
+# from 127.0.0.3).
 CHAT_BIND="127.0.0.1:$APP_PORT" gunicorn -c examples/chat/gunicorn.conf.py --no-control-socket &
 gunicorn_pid=$!
 # HAProxy starts once gunicorn listens, so that its first health check passes.
@@ -38,7 +39,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 echo
-echo "Two clients, from source addresses 127.0.0.2 and 127.0.0.3, through HAProxy:"
+echo "Two clients, from source addresses 127.0.0.2 and 127.0.0.4, through HAProxy:"
 python - "$FRONT_PORT" <<'PY'
 import asyncio, socket, sys
 from websockets.asyncio.client import connect
@@ -48,7 +49,7 @@ async def client(source):
     return await connect(f"ws://127.0.0.1:{sys.argv[1]}/ws", sock=sock, proxy=None)
 
 async def main():
-    alice, bob = await client("127.0.0.2"), await client("127.0.0.3")
+    alice, bob = await client("127.0.0.2"), await client("127.0.0.4")
     for ws in (alice, bob):
         print("  joined as", (await ws.recv()))
     await alice.send("hello from alice")
@@ -59,7 +60,8 @@ asyncio.run(asyncio.wait_for(main(), 10))
 PY
 echo
 echo "Open http://127.0.0.1:$FRONT_PORT/ in two tabs and write: each message shows the"
-echo "address it came from (here 127.0.0.1, the address your browser connects from)."
+echo "address it came from (here 127.0.0.1, the address your browser connects from, not"
+echo "127.0.0.3, HAProxy's)."
 echo "From a terminal: python -m websockets ws://127.0.0.1:$FRONT_PORT/ws"
 echo "Ctrl-C stops the example."
 wait
