@@ -13,9 +13,45 @@ change.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from importlib import metadata
 
-__all__ = ["SEAMS", "Seam"]
+from .errors import ConfigurationError
+
+__all__ = ["SEAMS", "Seam", "require"]
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: ``"26.0.1rc1"`` is ``(26, 0, 1)``."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    if match is None:
+        return ()
+    parts = [int(part) for part in match.group().split(".")]
+    while len(parts) > 1 and parts[-1] == 0:  # 26 == 26.0 == 26.0.0
+        parts.pop()
+    return tuple(parts)
+
+
+def require(distribution: str, minimum: str, feature: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``distribution`` >= ``minimum`` is installed.
+
+    For a feature that needs a newer release than the package's declared minimum: the user
+    gets one line naming the feature, the release needed and the one installed, instead of
+    a traceback from deep inside the other project. Pre-releases count as their release.
+    """
+    try:
+        installed = metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        raise ConfigurationError(
+            f"{feature} needs {distribution} >= {minimum} (not installed); "
+            f"install it with pip install '{distribution}>={minimum}'"
+        ) from None
+    if _release(installed) < _release(minimum):
+        raise ConfigurationError(
+            f"{feature} needs {distribution} >= {minimum} (installed: {installed}); "
+            f"upgrade with pip install '{distribution}>={minimum}'"
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +71,192 @@ class Seam:
     attributes: tuple[str, ...] = ()
     """For a class: attributes its instances or the class must have (checked on the class
     or in its ``__init__``'s source when set per instance)."""
+    mentions: tuple[str, ...] = ()
+    """For a behaviour: what the target's source must still contain (``"self.client"`` where
+    the parser is built from the client we set), as far as source can show a behaviour."""
 
 
-SEAMS: tuple[Seam, ...] = ()
+_GUNICORN = "proxyproto_mw.gunicorn"
+_UVICORN_WORKER = "proxyproto_mw.uvicorn_worker"
+_WERKZEUG = "proxyproto_mw.werkzeug"
+_CLI = "proxyproto_mw.cli"
+
+SEAMS: tuple[Seam, ...] = (
+    # gunicorn: the sync and gthread workers (proxyproto_mw.gunicorn's SyncWorker, ThreadWorker)
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.sync:SyncWorker.handle",
+        "handle(listener, client, addr) serves one accepted connection and hands addr on "
+        "as the client, so the header's address reaches the environ and the logs",
+        _GUNICORN,
+        parameters=("listener", "client", "addr"),
+        mentions=("addr",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.enqueue_req",
+        "accept() hands each new connection to enqueue_req(conn) as a TConn, and keep-alive "
+        "connections come back through it, so we can swap in our TConn subclass",
+        _GUNICORN,
+        parameters=("conn",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.accept",
+        "a new connection becomes TConn(cfg, sock, client, server) and goes to enqueue_req",
+        _GUNICORN,
+        mentions=("TConn(", "enqueue_req"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.handle",
+        "handle(conn) runs in a pool thread for each request of the connection, before "
+        "conn.init() builds the parser from conn.client; finish_request closes the "
+        "connection when it returns False",
+        _GUNICORN,
+        parameters=("conn",),
+        mentions=("conn.init()",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.finish_request",
+        "a False result from handle() closes the connection (conn.close)",
+        _GUNICORN,
+        mentions=("conn.close(",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:TConn",
+        "TConn(cfg, sock, client, server) keeps them as attributes; we subclass it and set "
+        "client before init() builds the parser",
+        _GUNICORN,
+        parameters=("cfg", "sock", "client", "server"),
+        attributes=("cfg", "sock", "client", "server"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:TConn.init",
+        "init() wraps TLS and builds the request parser from self.client, the address we set",
+        _GUNICORN,
+        mentions=("self.client",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:TConn.close",
+        "close(graceful) closes the socket (the graceful argument since gunicorn 26)",
+        _GUNICORN,
+        parameters=("graceful",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.base:Worker.load_wsgi",
+        "load_wsgi() sets self.wsgi, the app that each request calls, which we wrap",
+        _GUNICORN,
+        attributes=("wsgi",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.glogging:Logger",
+        "the worker's log has error_log, the logging.Logger of gunicorn's error log, whose "
+        "handlers our WARNING lines reuse",
+        _GUNICORN,
+        attributes=("error_log",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.config:ProxyProtocol",
+        "the proxy_protocol setting takes off|v1|v2|auto (a flag before 24.1), and "
+        "cfg.set('proxy_protocol', 'off') in a worker turns gunicorn's own parsing off",
+        _GUNICORN,
+        mentions=('"off"', "auto"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.config:Config.set",
+        "cfg.set(name, value) changes a setting in the worker's own copy of the config",
+        _GUNICORN,
+        parameters=("name", "value"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.http.message:Request.parse",
+        "the request parser reads a PROXY header itself only as cfg.proxy_protocol says",
+        _GUNICORN,
+        mentions=("proxy_protocol",),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.http.wsgi:create",
+        "create(req, sock, client, server, cfg) sets REMOTE_ADDR and REMOTE_PORT from client, "
+        "the header's client we hand to the worker",
+        _GUNICORN,
+        parameters=("req", "sock", "client", "server", "cfg"),
+        mentions=("REMOTE_ADDR",),
+    ),
+    # uvicorn-worker: proxyproto_mw.uvicorn_worker's UvicornWorker, UvicornH11Worker
+    Seam(
+        "uvicorn-worker",
+        "uvicorn_worker:UvicornWorker",
+        "__init__ builds self.config, a uvicorn Config from CONFIG_KWARGS and gunicorn's "
+        "settings, which the server uses only after __init__, so we can replace config.http "
+        "and clear its ssl_* options",
+        _UVICORN_WORKER,
+        attributes=("CONFIG_KWARGS", "config"),
+        mentions=("CONFIG_KWARGS",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.config:Config",
+        "Config keeps http and ssl_keyfile, ssl_certfile, ssl_keyfile_password, ssl_ca_certs "
+        "as attributes read when the server starts",
+        _UVICORN_WORKER,
+        attributes=("http", "ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.config:create_ssl_context",
+        "create_ssl_context builds the TLS context from uvicorn's TLS options",
+        _CLI,
+        parameters=(
+            "certfile",
+            "keyfile",
+            "password",
+            "ssl_version",
+            "cert_reqs",
+            "ca_certs",
+            "ciphers",
+        ),
+    ),
+    # uvicorn's command line, extended by proxyproto-mw serve
+    Seam(
+        "uvicorn",
+        "uvicorn.main:main",
+        "uvicorn's command is a click Command whose params are its options and whose "
+        "callback(**options) runs uvicorn: serve takes both",
+        _CLI,
+        attributes=("params", "callback"),
+    ),
+    # werkzeug: proxyproto_mw.werkzeug's ProxyProtocolRequestHandler
+    Seam(
+        "werkzeug",
+        "werkzeug.serving:WSGIRequestHandler.make_environ",
+        "make_environ() builds REMOTE_ADDR and REMOTE_PORT from self.client_address, which "
+        "handle() replaces with the header's client before the requests",
+        _WERKZEUG,
+        mentions=("client_address",),
+    ),
+    Seam(
+        "werkzeug",
+        "werkzeug.serving:BaseWSGIServer",
+        "the server's ssl_context is None unless werkzeug puts TLS in front of the handler",
+        _WERKZEUG,
+        attributes=("ssl_context",),
+    ),
+    Seam(
+        "werkzeug",
+        "werkzeug.serving:run_simple",
+        "run_simple takes request_handler, threaded, processes and ssl_context",
+        _WERKZEUG,
+        parameters=("hostname", "port", "application", "request_handler", "threaded", "processes"),
+    ),
+)
