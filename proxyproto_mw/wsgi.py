@@ -65,6 +65,11 @@ def apply_header(environ: WSGIEnvironment, info: ProxyProtocolInfo, *, server: b
     environ["wsgi.url_scheme"] = "https" if info["tls"] else "http"
 
 
+_NO_IP_ADDRESS = frozenset({None, "", "<local>"})
+"""``REMOTE_ADDR`` of a client without an IP address: gunicorn writes an empty string,
+werkzeug ``<local>``."""
+
+
 def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
@@ -101,8 +106,9 @@ class ProxyProtocolMiddleware:
 
     def _rewrite(self, environ: WSGIEnvironment) -> None:
         forwarded_for = environ.get(_environ_key("x-forwarded-for"))
+        client = environ.get("REMOTE_ADDR")
         changes = self.forwarded.rewrite(
-            environ.get("REMOTE_ADDR") or None,
+            None if client in _NO_IP_ADDRESS else client,
             environ.get("wsgi.url_scheme", "http"),
             [forwarded_for] if forwarded_for else [],
         )

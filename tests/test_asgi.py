@@ -394,6 +394,23 @@ def test_local_header_keeps_the_socket_addresses() -> None:
     assert header_values(scope, b"x-real-ip") == [b"127.0.0.1"]
 
 
+@pytest.mark.parametrize("command", ["PROXY", "LOCAL"])
+def test_header_without_client_on_a_unix_socket_appends_unix(command: str) -> None:
+    """``uvicorn --uds`` behind a balancer sending v2 UNIX (or LOCAL) headers: nobody has an
+    IP address, and X-Forwarded-For ends with ``unix:``, not with what the client wrote."""
+    middleware, called = recording(x_real_ip=True, x_forwarded_for="append")
+    extension = {**info(client=None, server=None), "command": command, "peer": None}
+    scope = http_scope(
+        client=None,
+        headers=[(b"x-real-ip", b"6.6.6.6"), (b"x-forwarded-for", b"6.6.6.6")],
+        extension=extension,  # type: ignore[arg-type]
+    )
+    call(middleware, called, scope)
+    assert scope["client"] is None
+    assert header_values(scope, b"x-forwarded-for") == [b"6.6.6.6, unix:"]
+    assert header_values(scope, b"x-real-ip") == []
+
+
 def test_headers_rewritten_from_the_header_client() -> None:
     middleware, called = recording(**ALL_OPTIONS)
     scope = http_scope(
@@ -443,17 +460,21 @@ def test_websocket_scheme_is_forwarded_as_http() -> None:
     "options, expected",
     [
         ({"x_real_ip": True}, {b"x-real-ip": [], b"x-forwarded-for": [b"6.6.6.6"]}),
-        ({"x_forwarded_for": "replace"}, {b"x-real-ip": [b"6.6.6.6"], b"x-forwarded-for": []}),
+        (
+            {"x_forwarded_for": "replace"},
+            {b"x-real-ip": [b"6.6.6.6"], b"x-forwarded-for": [b"unix:"]},
+        ),
         (
             {"x_forwarded_for": "append"},
-            {b"x-real-ip": [b"6.6.6.6"], b"x-forwarded-for": [b"6.6.6.6"]},
+            {b"x-real-ip": [b"6.6.6.6"], b"x-forwarded-for": [b"6.6.6.6, unix:"]},
         ),
     ],
-    ids=["x-real-ip-removed", "replace-removes", "append-leaves"],
+    ids=["x-real-ip-removed", "replace-with-unix", "append-unix"],
 )
 def test_scope_without_client(options: dict[str, Any], expected: dict[bytes, list[bytes]]) -> None:
-    """A server that knows no client address (a UNIX socket, no header): forged values
-    are removed rather than kept, except that append has nothing to add."""
+    """A server that knows no client address (a UNIX socket, no header): a forged X-Real-IP
+    is removed, and X-Forwarded-For ends with ``unix:`` as nginx writes it, so that its
+    last entry is never the client's own."""
     middleware, called = recording(x_forwarded_proto=True, **options)
     scope = http_scope(
         client=None, headers=[(b"x-real-ip", b"6.6.6.6"), (b"x-forwarded-for", b"6.6.6.6")]
@@ -534,9 +555,10 @@ REWRITES = {
     "append-to-nothing": (APPEND, C, "http", [], {XFF: C}),
     "append-to-several": (APPEND, C, "http", ["6.6.6.6", "7.7.7.7, 8.8.8.8"],
                           {XFF: f"6.6.6.6, 7.7.7.7, 8.8.8.8, {C}"}),
-    "append-no-client": (APPEND, None, "http", ["6.6.6.6"], {}),
+    "append-no-client": (APPEND, None, "http", ["6.6.6.6"], {XFF: "6.6.6.6, unix:"}),
+    "append-no-client-to-nothing": (APPEND, None, "http", [], {XFF: "unix:"}),
     "replace-several": (REPLACE, C, "http", ["6.6.6.6", "7.7.7.7"], {XFF: C}),
-    "replace-no-client": (REPLACE, None, "http", ["6.6.6.6"], {XFF: None}),
+    "replace-no-client": (REPLACE, None, "http", ["6.6.6.6"], {XFF: "unix:"}),
     "proto-http": (PROTO, C, "http", [], {XFP: "http"}),
     "proto-https": (PROTO, C, "https", [], {XFP: "https"}),
     "proto-ws": (PROTO, C, "ws", [], {XFP: "http"}),

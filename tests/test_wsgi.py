@@ -95,6 +95,21 @@ def test_local_header_keeps_the_socket_address() -> None:
     assert seen["REMOTE_ADDR"] == seen["HTTP_X_REAL_IP"] == "127.0.0.4"
 
 
+@pytest.mark.parametrize("remote_addr", ["", "<local>"], ids=["gunicorn-unix", "werkzeug-unix"])
+@pytest.mark.parametrize("command", ["PROXY", "LOCAL"])
+def test_client_without_an_ip_address_is_appended_as_unix(remote_addr: str, command: str) -> None:
+    """A v2 UNIX or LOCAL header on a UNIX socket (``gunicorn -b unix:``): the client has no
+    IP address, gunicorn writes ``REMOTE_ADDR`` empty, werkzeug ``<local>``; X-Forwarded-For
+    ends with ``unix:`` as nginx writes it, never with the value the client sent."""
+    info = _info(command=command, client=None, server=None, peer=None)
+    environ = _environ(REMOTE_ADDR=remote_addr, proxy_protocol=info)
+    seen = _call({"x_real_ip": True, "x_forwarded_for": "append"}, environ)
+    assert seen["HTTP_X_FORWARDED_FOR"] == "6.6.6.6, unix:"
+    assert "HTTP_X_REAL_IP" not in seen
+    seen = _call({"x_forwarded_for": "replace"}, _environ(REMOTE_ADDR=remote_addr))
+    assert seen["HTTP_X_FORWARDED_FOR"] == "unix:"
+
+
 def test_unknown_forwarded_for_option_is_refused() -> None:
     with pytest.raises(ValueError, match="x_forwarded_for"):
         ProxyProtocolMiddleware(lambda environ, start: [], x_forwarded_for="prepend")  # type: ignore[arg-type]
