@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets.asyncio.server
+import websockets.sync.server
 from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from proxyproto_mw import encode_v1, encode_v2
+import proxyproto_mw.websockets
+import proxyproto_mw.websockets.sync
+from proxyproto_mw import TrustPolicy, encode_v1, encode_v2
 from tests.clients import (
     BAD_INPUT,
     CLIENT,
@@ -423,3 +428,84 @@ def test_a_bad_setting_stops_the_server_at_start_naming_it(server: str) -> None:
         finished = run_to_exit(argv, env)
         assert finished.returncode != 0
         assert named in finished.stderr
+
+
+# --- your own connection class, in process -------------------------------------------------
+
+LOOPBACK_POLICY = TrustPolicy("127.0.0.1")
+
+
+class TaggedAsyncioConnection(websockets.asyncio.server.ServerConnection):
+    """A user's own connection class, with an attribute of its own."""
+
+    tag = "asyncio-mine"
+
+
+class TaggedSyncConnection(websockets.sync.server.ServerConnection):
+    """A user's own connection class, with an attribute of its own."""
+
+    tag = "sync-mine"
+
+
+async def _tagged_handler(connection: websockets.asyncio.server.ServerConnection) -> None:
+    tagged = isinstance(connection, TaggedAsyncioConnection)
+    await connection.send(json.dumps([tagged, getattr(connection, "tag", None)]))
+    await connection.send(json.dumps(connection.remote_address))
+
+
+async def _first_messages(port: int, count: int) -> list[object]:
+    sock = open_from("127.0.0.1", ("127.0.0.1", port))
+    sock.sendall(encode_v1(CLIENT, DESTINATION))
+    async with websocket_connect(
+        f"ws://127.0.0.1:{port}/", sock=sock, proxy=None, open_timeout=5, ping_interval=None
+    ) as websocket:
+        return [json.loads(await websocket.recv()) for _ in range(count)]
+
+
+def test_your_own_asyncio_connection_class_reads_the_header_too() -> None:
+    async def run() -> list[object]:
+        async with proxyproto_mw.websockets.serve(
+            _tagged_handler,
+            "127.0.0.1",
+            0,
+            policy=LOOPBACK_POLICY,
+            create_connection=TaggedAsyncioConnection,
+        ) as server:
+            return await _first_messages(server.sockets[0].getsockname()[1], 2)
+
+    tagged, remote = asyncio.run(asyncio.wait_for(run(), 15))
+    assert tagged == [True, "asyncio-mine"]
+    assert remote == list(CLIENT)
+
+
+def test_your_own_sync_connection_class_reads_the_header_too() -> None:
+    def handler(connection: websockets.sync.server.ServerConnection) -> None:
+        tagged = isinstance(connection, TaggedSyncConnection)
+        connection.send(json.dumps([tagged, getattr(connection, "tag", None)]))
+        connection.send(json.dumps(connection.remote_address))
+
+    with proxyproto_mw.websockets.sync.serve(
+        handler,
+        "127.0.0.1",
+        0,
+        policy=LOOPBACK_POLICY,
+        create_connection=TaggedSyncConnection,
+    ) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            tagged, remote = asyncio.run(asyncio.wait_for(_first_messages(port, 2), 15))
+        finally:
+            server.shutdown()
+            thread.join(10)
+    assert tagged == [True, "sync-mine"]
+    assert remote == list(CLIENT)
+
+
+@pytest.mark.parametrize(
+    "serve", [proxyproto_mw.websockets.serve, proxyproto_mw.websockets.sync.serve]
+)
+def test_create_connection_must_be_a_server_connection(serve: Any) -> None:
+    with pytest.raises(TypeError, match="must be a subclass of websockets"):
+        serve(_tagged_handler, "127.0.0.1", 0, policy=LOOPBACK_POLICY, create_connection=dict)
