@@ -106,7 +106,9 @@ class _Session:
         except errors.ClientError as error:
             details = error.response.get("Error", {})
             code, message = details.get("Code", "?"), details.get("Message", "")
-            name = parameters.get("LoadBalancerName") or parameters.get("LoadBalancerNames")
+            name = parameters.get("LoadBalancerName") or next(
+                iter(parameters.get("LoadBalancerNames", ())), None
+            )
             if code in ("LoadBalancerNotFound", "AccessPointNotFound") and name:
                 region = self.session.region_name
                 raise AwsError(f"no Classic ELB named {name} in {region} ({message})") from None
@@ -365,8 +367,7 @@ def _nlb_dry_run(command: str, arn: str, region: str | None) -> list[str]:
                  "--attributes", f"Key={NLB_ATTRIBUTE},Value={value}")
         )  # fmt: skip
     lines.append(
-        _cli(region, "elbv2", "describe-target-group-attributes", "--target-group-arn", arn,
-             "--query", f"Attributes[?Key=='{NLB_ATTRIBUTE}']")
+        _cli(region, "elbv2", "describe-target-group-attributes", "--target-group-arn", arn)
     )  # fmt: skip
     return lines
 
