@@ -451,15 +451,16 @@ def _options(function: Callable[..., _T]) -> Callable[..., _T]:
     return function
 
 
-def _command(name: str, summary: str) -> click.Command:
+def _command(name: str, short: str, summary: str) -> click.Command:
     def callback(**options: Any) -> None:
         _run(name, **options)
 
-    return click.command(name, help=summary)(_options(callback))
+    return click.command(name, help=summary, short_help=short)(_options(callback))
 
 
 aws_group = click.Group(
     "aws",
+    short_help="Turn the PROXY protocol on or off at AWS (Classic ELB, NLB), or show it.",
     help=(
         "Turn the PROXY protocol on or off at AWS, or show it: a Classic ELB's instance "
         "ports (--load-balancer, --instance-port) or an NLB target group (--target-group). "
@@ -470,17 +471,20 @@ aws_group = click.Group(
     commands=[
         _command(
             "enable",
+            "Turn the PROXY header on (Classic ELB ports, NLB target group).",
             "Classic ELB: create the ProxyProtocolPolicyType policy if missing and add it to "
             "each --instance-port, keeping the policies already there; NLB: set "
             "proxy_protocol_v2.enabled=true. Then read the result back.",
         ),
         _command(
             "disable",
+            "Turn it off, removing only our policy.",
             "Classic ELB: remove our policy from each --instance-port (keeping every other) "
             "and delete it once unused; NLB: set proxy_protocol_v2.enabled=false.",
         ),
         _command(
             "status",
+            "Show whether it is on; exit 3 when off.",
             "Show whether each instance port (every one if none is given) or the target "
             "group receives PROXY headers; exit 3 when one does not.",
         ),

@@ -338,6 +338,7 @@ class _Inspector:
 
 @click.command(
     "inspect",
+    short_help="Listen and show the PROXY header (or why not) of every connection.",
     help=(
         "Listen, and show for each connection the PROXY header it starts with (version, "
         "command, addresses, every TLV by name, the CRC32C verdict) or why its bytes are "

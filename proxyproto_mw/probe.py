@@ -384,6 +384,7 @@ def _fail(code: int, message: str) -> NoReturn:
 
 @click.command(
     "probe",
+    short_help="Send a PROXY header and a request to a backend; print the answer.",
     help=(
         "Connect to the backend at URL (http, https, ws or wss) as a load balancer would: "
         "send a PROXY header claiming --client, then an HTTP request or a WebSocket "

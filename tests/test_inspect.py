@@ -72,13 +72,16 @@ def inspector(*options: str) -> Iterator[Inspector]:
             process.communicate()
 
 
-def send(address: tuple[str, int], pieces: Sequence[bytes], source: str = "127.0.0.1") -> None:
-    """Send ``pieces`` with a pause between them, then wait for inspect to close."""
-    with open_from(source, address) as sock:
+def send(address: tuple[str, int], pieces: Sequence[bytes], *, shutdown: bool = False) -> None:
+    """Send ``pieces`` with a pause between them (then close our side if ``shutdown``), and
+    wait for inspect to close."""
+    with open_from("127.0.0.1", address) as sock:
         for index, piece in enumerate(pieces):
             if index:
                 time.sleep(0.2)
             sock.sendall(piece)
+        if shutdown:
+            sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b"", "inspect wrote back"
 
 
@@ -173,7 +176,8 @@ def test_invalid_partial_and_split_headers_in_text() -> None:
     header = encode_v2(
         CLIENT, DESTINATION, tlvs=[(TLVType.AUTHORITY, b"app.example.com")], checksum=True
     )
-    with inspector("--count", "5", "--timeout", "1") as shown:
+    with inspector("--count", "6", "--timeout", "1") as shown:
+        send(shown.address, [b"\r\n\r\n\x00\r\nQ"], shutdown=True)
         send(shown.address, [garbage])
         send(shown.address, [bad_crc])
         send(shown.address, [encode_v1(CLIENT, DESTINATION)[:20]])
@@ -181,8 +185,10 @@ def test_invalid_partial_and_split_headers_in_text() -> None:
         send(shown.address, [encode_v1(CLIENT, DESTINATION)])  # then nothing: timeout
         stdout, stderr, code = shown.output()
     assert code == 0, stderr
-    blocks = ("\n" + stdout).split("\nconnection ")[1:]
+    closed, *blocks = ("\n" + stdout).split("\nconnection ")[1:]
     assert len(blocks) == 5, stdout
+    assert "  incomplete header: 8 bytes before the peer closed, not yet a complete" in closed
+    assert "  received (8 bytes, hex): 0d 0a 0d 0a 00 0d 0a 51" in closed
     assert "  not a header: the connection starts with b'\\x16\\x03\\x01" in blocks[0]
     assert "  received (75 bytes, hex): 16 03 01 02 00 01 00 01 fc 03 03 00" in blocks[0]
     assert "  invalid header: v2 header's CRC32C is 0x" in blocks[1]

@@ -111,6 +111,20 @@ def test_websocket_handshake_and_messages(backend: Uvicorn) -> None:
     assert lines[3] == "< hello"
 
 
+def test_https_after_the_header_to_serve(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    """``proxyproto-mw serve --ssl-*`` reads the header in clear, then TLS: probe's https."""
+    key, cert = certificate
+    port = free_port()
+    argv = [sys.executable, "-m", "proxyproto_mw.cli", "serve", "tests.apps:app", "--port",
+            str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]  # fmt: skip
+    with Uvicorn(tmp_path, argv=argv, port=port, name="serve-tls"):
+        result = probe(f"https://127.0.0.1:{port}/secure", "-k", "--client", "192.0.2.5:443")
+    assert result.returncode == 0, result.stderr
+    seen = body_json(result.stdout)
+    assert seen["client"] == ["192.0.2.5", 443]
+    assert seen["scheme"] == "https"
+
+
 def test_refusing_backend_exits_1(tmp_path: Path) -> None:
     """A peer the backend does not trust sends a header: closed without a byte, exit 1."""
     with Uvicorn(tmp_path, env={"PROXYPROTO_TRUSTED": "127.0.0.2"}) as server:
