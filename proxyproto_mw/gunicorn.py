@@ -38,16 +38,20 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import selectors
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gunicorn.workers import gthread as _gthread
 from gunicorn.workers import sync as _sync
 
-from .blocking import receive_header, reject
+from .blocking import HeaderReader, finish_header, receive_header, reject
+from .decoder import NEED_DATA
 from .errors import ConfigurationError, ConnectionClosed, ProxyProtocolError
 from .header import Address, ProxyHeader
 from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, Mode, TrustPolicy, logger
@@ -126,7 +130,10 @@ class _ChecksProxySettings:
 # - sync: ``SyncWorker.handle(listener, client, addr)`` serves one accepted connection
 #   (TLS wrapping, parser, request) and passes ``addr`` on as the client;
 # - gthread: ``ThreadWorker.accept`` hands each new connection to ``enqueue_req`` as a
-#   ``TConn(cfg, sock, client, server)``; ``ThreadWorker.handle(conn)`` runs in a pool
+#   ``TConn(cfg, sock, client, server)`` with a non-blocking socket, in the main thread;
+#   the main thread's loop calls ``key.data(key.fileobj)`` for each ready key of
+#   ``self.poller`` and ``murder_pending()`` each time it wakes (at least once a second);
+#   ``self.nr_conns`` counts open connections; ``ThreadWorker.handle(conn)`` runs in a pool
 #   thread for each request of the connection (it may return ``_DEFER`` before the first);
 #   ``TConn.init`` wraps TLS and builds the parser from ``conn.client``; ``finish_request``
 #   closes the connection when ``handle`` returns False;
@@ -151,17 +158,30 @@ class _Admitted(NamedTuple):
             apply_header(environ, self.header.as_dict(self.peer, tls=tls), server=True)
 
 
-def _admit(sock: socket.socket, client: Any, policy: TrustPolicy) -> _Admitted | None:
-    """Read the PROXY header of an accepted connection; None when it was refused and closed."""
-    peer = (client[0], client[1]) if isinstance(client, tuple) else None
+def _peer(client: Any) -> Address | None:
+    """The socket's peer as gunicorn's ``accept()`` gave it; None on a UNIX socket."""
+    return (client[0], client[1]) if isinstance(client, tuple) else None
+
+
+def _admit(
+    sock: socket.socket, client: Any, policy: TrustPolicy, reader: HeaderReader | None = None
+) -> _Admitted | None:
+    """Read the PROXY header of an accepted connection (or finish ``reader``'s), blocking;
+    None when the connection was refused and closed."""
+    peer = _peer(client)
     try:
-        header = receive_header(sock, policy, peer)
+        header = receive_header(sock, policy, peer) if reader is None else finish_header(reader)
     except ProxyProtocolError as error:
         reject(sock, peer, error)
         return None
     except OSError as error:  # the socket failed otherwise: no one is left to serve
         reject(sock, peer, ConnectionClosed(str(error)))
         return None
+    return _admitted(header, peer, client)
+
+
+def _admitted(header: ProxyHeader | None, peer: Address | None, client: Any) -> _Admitted:
+    """The addresses gunicorn is to use for a connection admitted with ``header``."""
     if header is None or header.is_local:
         return _Admitted(header, peer, client)
     # A header of family UNIX carries no address: the client is a UNIX-socket peer, which
@@ -208,6 +228,12 @@ class _ReadsHeader(_ChecksProxySettings):
         super().__init__(*args, **kwargs)  # in the master, before the fork
         self.policy = policy_from_config(self.cfg)
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Check the settings, then say in one INFO line what PROXY handling does."""
+        super().check_config(cfg, log)
+        log.info("%s", policy_from_config(cfg).describe())
+
     def init_process(self) -> None:
         """Start the worker, in its own process: gunicorn's PROXY parsing off, our log lines
         in its error log."""
@@ -228,9 +254,13 @@ class SyncWorker(_ReadsHeader, _sync.SyncWorker):  # type: ignore[misc]
     """gunicorn's sync worker, reading the PROXY header of each connection first.
 
     A sync worker serves one connection at a time and closes it after one response, as
-    gunicorn's does; while a header is late it waits, for at most the header timeout.
-    gunicorn runs its own gthread worker instead of this one when ``--threads`` is more
-    than 1: use :class:`ThreadWorker` for threads.
+    gunicorn's does; while a header is late it waits (on the socket, using no CPU), for at
+    most the header timeout. So each slow peer holds a whole worker for up to that long,
+    and as many slow peers as workers hold up everyone else: behind a balancer that
+    sends the header at once this does not happen, but where clients can reach the port
+    use :class:`ThreadWorker` or the ASGI workers. gunicorn runs its own gthread worker
+    instead of this one when ``--threads`` is more than 1: use :class:`ThreadWorker` for
+    threads.
     """
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
@@ -246,8 +276,10 @@ class SyncWorker(_ReadsHeader, _sync.SyncWorker):  # type: ignore[misc]
 
 
 class _Connection(_gthread.TConn):  # type: ignore[misc]
-    """gunicorn's gthread connection, with its admission once the header is read."""
+    """gunicorn's gthread connection, with its header reader and then its admission."""
 
+    reader: HeaderReader | None = None
+    """While the header is read in the worker's main thread."""
     admitted: _Admitted | None = None
 
     def close(self, graceful: bool = False) -> None:
@@ -259,24 +291,95 @@ class _Connection(_gthread.TConn):  # type: ignore[misc]
 class ThreadWorker(_ReadsHeader, _gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, reading the PROXY header of each connection first.
 
-    The header is read in the pool thread that takes the connection first, never in the
-    thread that accepts connections and watches kept-alive ones; after it, gunicorn waits
-    for the request as usual. A thread waits for a late header at most the header timeout.
+    The header is read in the worker's main thread, driven by its selector as the bytes
+    arrive, before the connection is handed to the thread pool: a peer that sends its
+    header slowly, or not at all, holds no pool thread, only a socket, until the header
+    timeout (checked each time the loop wakes, at least once a second) closes it. Once the
+    header is in, a pool thread serves the connection as gunicorn does. Only on a UNIX
+    socket in mode ``optional``, while the first bytes could still be a request's, does a
+    pool thread wait for the rest of a signature.
     """
 
+    _reading: dict[_Connection, None]
+    """Connections whose header is being read, oldest (first to time out) first."""
+
+    def init_process(self) -> None:
+        """Start the worker, with no header being read yet."""
+        self._reading = {}
+        super().init_process()
+
     def enqueue_req(self, conn: Any) -> None:
-        """Hand the connection to a pool thread (a new one becomes a :class:`_Connection`)."""
-        if not isinstance(conn, _Connection):  # from accept(): gunicorn's TConn
-            conn = _Connection(conn.cfg, conn.sock, conn.client, conn.server)
+        """Read a new connection's header in this thread, then hand it to a pool thread."""
+        if isinstance(conn, _Connection):  # admitted, kept alive or deferred by gunicorn
+            super().enqueue_req(conn)
+            return
+        conn = _Connection(conn.cfg, conn.sock, conn.client, conn.server)  # from accept()
+        conn.reader = HeaderReader.start(conn.sock, self.policy, _peer(conn.client))
+        if conn.reader is None:  # mode off
+            conn.admitted = _Admitted(None, _peer(conn.client), conn.client)
+            super().enqueue_req(conn)
+            return
+        self._read_header(conn)
+
+    def _read_header(self, conn: _Connection, _sock: Any = None) -> None:
+        """Take in what has arrived of the header; hand the connection on once it is in."""
+        assert conn.reader is not None
+        peer = _peer(conn.client)
+        try:
+            header = conn.reader.read()
+        except ProxyProtocolError as error:
+            self._refuse(conn, error)
+            return
+        except OSError as error:  # the socket failed otherwise: no one is left to serve
+            self._refuse(conn, ConnectionClosed(str(error)))
+            return
+        if header is NEED_DATA:
+            if conn.reader.stalled:  # the selector cannot wait for more: a thread will
+                self._stop_reading(conn)
+                super().enqueue_req(conn)
+            elif conn not in self._reading:
+                self._reading[conn] = None
+                self.poller.register(
+                    conn.sock, selectors.EVENT_READ, partial(self._read_header, conn)
+                )
+            return
+        self._stop_reading(conn)
+        conn.reader = None
+        conn.admitted = _admitted(header, peer, conn.client)
+        conn.client = conn.admitted.client  # before gunicorn builds the parser from it
         super().enqueue_req(conn)
 
+    def _stop_reading(self, conn: _Connection) -> None:
+        if conn in self._reading:
+            del self._reading[conn]
+            self.poller.unregister(conn.sock)
+
+    def _refuse(self, conn: _Connection, error: ProxyProtocolError) -> None:
+        """Close a connection the policy refused, in this thread."""
+        self._stop_reading(conn)
+        reject(conn.sock, _peer(conn.client), error)
+        self.nr_conns -= 1
+
+    def murder_pending(self) -> None:
+        """gunicorn's sweep of connections waiting for a request, then ours: close the
+        connections whose header is late."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in list(self._reading):
+            assert conn.reader is not None
+            if conn.reader.deadline > now:
+                break  # the others arrived later
+            self._refuse(conn, conn.reader.timed_out())
+
     def handle(self, conn: _Connection) -> Any:
-        """Admit a new connection through the policy; then serve its request as gunicorn does."""
+        """Serve a request of an admitted connection as gunicorn does (a connection whose
+        header this thread must finish reading is admitted first)."""
         admitted = conn.admitted
         if admitted is None:
-            admitted = _admit(conn.sock, conn.client, self.policy)
+            admitted = _admit(conn.sock, conn.client, self.policy, conn.reader)
             if admitted is None:
                 return False  # refused and closed
+            conn.reader = None
             conn.admitted = admitted
             conn.client = admitted.client  # before gunicorn builds the parser from it
         _serving.admitted = admitted

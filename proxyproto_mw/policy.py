@@ -260,10 +260,10 @@ class TrustPolicy:
         trusted = "every peer" if self._any else ", ".join(self.trusted) or "no peer"
         if self.trust_unix_peers and not self._any:
             trusted += " and UNIX-socket peers"
-        required = "required" if self.mode is Mode.REQUIRE else "optional"
+        others = "" if self._any else "; other peers are served with their own address"
         return (
-            f"PROXY protocol {versions} {required} from {trusted} ({self.setting}), "
-            f"header timeout {self.timeout:g} s; other peers are served with their own address"
+            f"PROXY protocol on (mode {self.mode.value}, {versions}): headers believed from "
+            f"{trusted} ({self.setting}) within {self.timeout:g} s{others}"
         )
 
     def trusts(self, host: str | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 import pytest
@@ -23,7 +24,8 @@ from proxyproto_mw import (
     UntrustedHeader,
     encode_v2,
 )
-from proxyproto_mw.policy import log_rejection
+from proxyproto_mw.policy import log_rejection, rejection_log
+from proxyproto_mw.rejections import BURST
 
 V1 = b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 80\r\n"
 V1_HEADER = ProxyHeader(
@@ -434,3 +436,86 @@ def test_log_rejection_logs_one_warning(
     assert records[0].getMessage() == (
         f"closing connection from {where}: no PROXY header from trusted peer 10.0.0.5"
     )
+
+
+def test_log_rejection_counts_a_flood_from_one_peer(caplog: pytest.LogCaptureFixture) -> None:
+    """The process's log: a peer refused for the same kind of reason again and again gets its
+    first lines in full, then the rest are counted, not written (tests/test_rejections.py
+    has the whole story)."""
+    caplog.set_level(logging.DEBUG, logger="proxyproto_mw")
+    rejection_log.flush()
+    for port in range(1000):
+        log_rejection(("10.9.9.9", port), InvalidHeader("v1 header has an invalid port"))
+    rejection_log.flush()
+    lines = [record.getMessage() for record in caplog.records if record.name == "proxyproto_mw"]
+    assert lines[:2] == [
+        "closing connection from 10.9.9.9:0: v1 header has an invalid port",
+        "closing connection from 10.9.9.9:1: v1 header has an invalid port",
+    ]
+    assert len(lines) == BURST + 1
+    assert re.fullmatch(
+        rf"suppressed {1000 - BURST} more rejections from 10\.9\.9\.9 \(InvalidHeader\) "
+        r"in the last \d+ s",
+        lines[-1],
+    ), lines[-1]
+
+
+# --- advice in the messages and the start-up line -----------------------------------------
+
+
+def test_missing_header_says_how_to_try_without_a_balancer() -> None:
+    admission = TrustPolicy().admission(("127.0.0.1", 1))
+    assert admission is not None
+    with pytest.raises(MissingHeader) as raised:
+        admission.receive(REQUEST)
+    assert "PROXYPROTO_MODE=optional" in str(raised.value)
+    assert "curl --haproxy-protocol" in str(raised.value)
+
+
+def test_untrusted_header_points_to_the_nlb_guide() -> None:
+    """AWS NLB with client IP preservation: the peer is the client, whom no allowlist of
+    balancer addresses names; the message says so instead of only 'add it'."""
+    admission = TrustPolicy("10.0.0.0/8", setting="PROXYPROTO_TRUSTED").admission(STRANGER)
+    assert admission is not None
+    with pytest.raises(UntrustedHeader) as raised:
+        admission.receive(V2)
+    message = str(raised.value)
+    assert "add 203.0.113.99 to PROXYPROTO_TRUSTED if it is your load balancer" in message
+    assert "README#aws-nlb-trust" in message
+
+
+@pytest.mark.parametrize(
+    ("policy", "line"),
+    [
+        (
+            TrustPolicy(),
+            "PROXY protocol on (mode require, v1 and v2): headers believed from 127.0.0.1, ::1 "
+            "(trusted) within 10 s; other peers are served with their own address",
+        ),
+        (
+            TrustPolicy(
+                "10.0.0.0/8",
+                "optional",
+                5,
+                [2],
+                setting="--proxy-allow-from",
+                trust_unix_peers=True,
+            ),
+            "PROXY protocol on (mode optional, v2): headers believed from 10.0.0.0/8 and "
+            "UNIX-socket peers (--proxy-allow-from) within 5 s; other peers are served with "
+            "their own address",
+        ),
+        (
+            TrustPolicy("*", setting="PROXYPROTO_TRUSTED"),
+            "PROXY protocol on (mode require, v1 and v2): headers believed from every peer "
+            "(PROXYPROTO_TRUSTED) within 10 s",
+        ),
+        (
+            TrustPolicy(mode="off"),
+            "PROXY protocol off: no header is read, connections keep their own addresses",
+        ),
+    ],
+    ids=["default", "optional-v2-unix", "star", "off"],
+)
+def test_describe_is_one_line_for_the_start_up_log(policy: TrustPolicy, line: str) -> None:
+    assert policy.describe() == line
