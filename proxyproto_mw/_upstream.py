@@ -149,6 +149,30 @@ SEAMS: tuple[Seam, ...] = (
     ),
     Seam(
         "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.run",
+        "the main thread's loop calls murder_pending() each time its select wakes (at "
+        "least once a second), where we close connections whose header is late",
+        _GUNICORN,
+        mentions=("self.murder_pending()", "wait_for_and_dispatch_events(timeout=1.0)"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker.wait_for_and_dispatch_events",
+        "each ready key of self.poller is dispatched as key.data(key.fileobj), so we "
+        "register a connection whose header is incomplete with our own callback",
+        _GUNICORN,
+        mentions=("self.poller.select(", "callback(key.fileobj)"),
+    ),
+    Seam(
+        "gunicorn",
+        "gunicorn.workers.gthread:ThreadWorker",
+        "poller (the main thread's selector, set in init_process) and nr_conns (open "
+        "connections, lowered when we refuse one in the main thread)",
+        _GUNICORN,
+        attributes=("poller", "nr_conns", "murder_pending"),
+    ),
+    Seam(
+        "gunicorn",
         "gunicorn.workers.base:Worker.load_wsgi",
         "load_wsgi() sets self.wsgi, the app that each request calls, which we wrap",
         _GUNICORN,
