@@ -252,7 +252,7 @@ def aws_examples() -> list[tuple[str, list[str]]]:
     """Each ``proxyproto-mw aws ...`` line of ``examples/aws.md`` and the ``aws ...`` lines
     of the same code block: what ``--dry-run`` must print."""
     text = (EXAMPLES / "aws.md").read_text()
-    found = []
+    found: list[tuple[str, list[str]]] = []
     for block in _COMMAND_BLOCK.findall(text):
         logical = block.replace("\\\n", " ").splitlines()
         ours = [line.strip() for line in logical if line.strip().startswith("proxyproto-mw aws")]
