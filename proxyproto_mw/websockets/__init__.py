@@ -21,6 +21,7 @@ which is what a balancer passing TLS through (an NLB TCP listener) sends.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -63,14 +64,15 @@ class ProxyProtocolConnection(ServerConnection):
 
     proxy_header: ProxyHeader | None = None
     """The connection's PROXY header; None when it came without one."""
-    proxy_info: ProxyProtocolInfo | None = None
-    """The header as the ASGI extension holds it; see :func:`proxy_protocol`."""
+    _proxy_info: ProxyProtocolInfo | None = None
+    _peer: Address | None = None
     _client: Address | None = None
     _server: Address | None = None
     _raw: asyncio.Transport | None = None
     """The TCP transport until the library's connection starts."""
     _admission: Admission | None = None
-    _timer: asyncio.TimerHandle | None = None
+    _deadlines: _HeaderDeadlines | None = None
+    _deadline_tick = 0
     _pending_tls: bytearray | None = None
 
     @classmethod
@@ -91,6 +93,16 @@ class ProxyProtocolConnection(ServerConnection):
             "__qualname__": cls.__qualname__,
         }
         return type(cls.__name__, (cls,), namespace)
+
+    @property
+    def proxy_info(self) -> ProxyProtocolInfo | None:
+        """The header as the ASGI extension holds it (made on first use); see
+        :func:`proxy_protocol`."""
+        info = self._proxy_info
+        if info is None and self.proxy_header is not None:
+            tls = self.tls_context is not None
+            info = self._proxy_info = self.proxy_header.as_dict(self._peer, tls=tls)
+        return info
 
     @property
     def remote_address(self) -> Any:
@@ -117,13 +129,17 @@ class ProxyProtocolConnection(ServerConnection):
             # Reset before it was accepted (a health check that connects and leaves).
             raw.abort()
             return
-        peer = (peer[0], peer[1]) if peer else None
+        peer = self._peer = (peer[0], peer[1]) if peer else None
         admission = policy.admission(peer)
         if admission is None:
             self._admitted(raw, None, b"")
             return
         self._admission = admission
-        self._timer = self.loop.call_later(policy.timeout, self._header_timed_out, raw)
+        deadlines = self.server.__dict__.get("proxyproto_deadlines")
+        if deadlines is None:
+            deadlines = self.server.proxyproto_deadlines = _HeaderDeadlines(self.loop)  # type: ignore[attr-defined]
+        self._deadlines = deadlines
+        deadlines.watch(self, policy.timeout)
 
     def _hold(self, transport: asyncio.Transport) -> None:
         """Answer the transport's callbacks here until the header (and TLS) is in."""
@@ -153,7 +169,7 @@ class ProxyProtocolConnection(ServerConnection):
             self._reject(error)
             return
         if admitted is not NEED_DATA:
-            self._stop_timer()
+            self._stop_waiting()
             self._admission = None
             raw = self._raw
             assert raw is not None
@@ -161,38 +177,34 @@ class ProxyProtocolConnection(ServerConnection):
 
     def _lost_early(self, exc: Exception | None) -> None:
         """The connection ended before the header (or TLS) was complete: not logged."""
-        self._stop_timer()
+        self._stop_waiting()
         self._admission = None
         for name in _HEADER_PHASE:
             self.__dict__.pop(name, None)
         self._raw = None
 
-    def _stop_timer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._timer = None
+    def _stop_waiting(self) -> None:
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.waiting.discard(self)
+            self._deadlines = None
 
-    def _header_timed_out(self, raw: asyncio.Transport) -> None:
-        self._timer = None
+    def _header_timed_out(self) -> None:
+        self._stop_waiting()
         if self._admission is not None:
-            self._reject(self._admission.timed_out(), raw)
+            self._reject(self._admission.timed_out())
 
-    def _reject(self, error: ProxyProtocolError, raw: asyncio.Transport | None = None) -> None:
-        raw = raw if raw is not None else self._raw
+    def _reject(self, error: ProxyProtocolError) -> None:
+        raw = self._raw
         assert raw is not None
-        self._stop_timer()
+        self._stop_waiting()
         self._admission = None
         log_rejection(raw.get_extra_info("peername"), error)
         raw.abort()
 
     def _admitted(self, raw: asyncio.Transport, header: ProxyHeader | None, data: bytes) -> None:
         if header is not None:
-            peer = raw.get_extra_info("peername")
             self.proxy_header = header
-            self.proxy_info = header.as_dict(
-                (peer[0], peer[1]) if peer else None, tls=self.tls_context is not None
-            )
             if header.source is not None:
                 self._client = header.source
                 self._server = header.destination
@@ -250,6 +262,41 @@ class ProxyProtocolConnection(ServerConnection):
         if self._raw is None:  # the connection ended right after the handshake
             return
         self._connect(done.result(), pending)
+
+
+class _HeaderDeadlines:
+    """The connections of one server still waiting for their header, under one timer.
+
+    Watching a connection costs a set insertion and reading a counter, no timer of its
+    own. Every ``INTERVAL`` seconds a sweep advances ``tick`` and closes the connections
+    whose deadline has passed: at least their timeout after they arrived, and less than two
+    intervals more on an idle loop.
+    """
+
+    INTERVAL = 0.25
+
+    __slots__ = ("_loop", "_timer", "tick", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self.tick = 0
+        self.waiting: set[ProxyProtocolConnection] = set()
+
+    def watch(self, connection: ProxyProtocolConnection, timeout: float) -> None:
+        """Time out ``connection``'s header after ``timeout`` s, unless it leaves ``waiting``."""
+        # One sweep more than the timeout spans: part of the current interval has passed.
+        connection._deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
+        self.waiting.add(connection)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        self.tick += 1
+        tick = self.tick
+        for connection in [c for c in self.waiting if c._deadline_tick <= tick]:
+            connection._header_timed_out()
+        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if self.waiting else None
 
 
 def _closed_early() -> bool | None:
