@@ -1,16 +1,17 @@
 """Hostile input: 10,000 connections with random and mutated headers, and slowloris.
 
-1. ``uvicorn --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (then ``H11Protocol``) with
-   ``PROXYPROTO_TRUSTED=127.0.0.1`` and a 3 s header timeout takes 10,000 real
-   connections, 200 at a time, from :func:`tests.hostile_headers.hostile_attempts`: v1
-   and v2 headers, valid and mutated (lying lengths, bad CRC32C, flipped bytes, garbage,
-   ...), sent in random pieces, each followed by a valid request; a third come from the
-   untrusted 127.0.0.9 claiming documentation addresses. The user's checks, per
-   connection (:func:`tests.hostile_headers.judge`): a bad or incomplete header from the
-   balancer is closed without a byte, a good one is served with its client, no untrusted
-   peer's claim ever comes back. For the server: it stays up and serves; its open
-   descriptors return to their start; its resident memory, after a warm-up round of
-   1,000, grows by less than :data:`RSS_MARGIN_KIB`.
+1. ``uvicorn --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (then ``H11Protocol``, and
+   httptools on uvloop) with ``PROXYPROTO_TRUSTED=127.0.0.1`` and a 3 s header timeout
+   takes 10,000 real connections, 200 at a time, from
+   :func:`tests.hostile_headers.hostile_attempts`: v1 and v2 headers, valid and mutated
+   (lying lengths, bad CRC32C, flipped bytes, garbage, ...), sent in random pieces, each
+   followed by a valid request; a third come from the untrusted 127.0.0.9 claiming
+   documentation addresses. The user's checks, per connection
+   (:func:`tests.hostile_headers.judge`): a bad or incomplete header from the balancer is
+   closed without a byte, a good one is served with its client, no untrusted peer's claim
+   ever comes back. For the server: it stays up and serves; its open descriptors return
+   to their start; its resident memory, after a warm-up round of 1,000, grows by less
+   than :data:`RSS_MARGIN_KIB`.
 2. Slowloris against ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker -w 2``: 400
    connections from the balancer's address send their header one byte every 0.5 s, 200
    send a whole header and then their request one byte every 0.5 s, 100 untrusted ones
@@ -80,12 +81,20 @@ def good_request_served(address: tuple[str, int], number: int) -> None:
 # --- 1. 10,000 hostile connections --------------------------------------------------------------
 
 
-@pytest.fixture(params=["HttpToolsProtocol", "H11Protocol"])
+@pytest.fixture(
+    params=[
+        ("HttpToolsProtocol", "asyncio"),
+        ("H11Protocol", "asyncio"),
+        ("HttpToolsProtocol", "uvloop"),
+    ],
+    ids=["httptools", "h11", "httptools-uvloop"],
+)
 def hostile_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Uvicorn]:
     """uvicorn trusting 127.0.0.1 with a 3 s header timeout, started for each test."""
     raise_open_files(8192)
+    http, loop = request.param
     env = {"PROXYPROTO_TRUSTED": TRUSTED_SOURCE, "PROXYPROTO_TIMEOUT": HEADER_TIMEOUT}
-    with Uvicorn(tmp_path, http=request.param, env=env) as server:
+    with Uvicorn(tmp_path, http=http, loop=loop, env=env) as server:
         yield server
 
 
