@@ -9,6 +9,8 @@ master, read from ``/proc``), how to wait until a set of workers has booted, to 
 ``SIGKILL`` to whatever is left of the session it was started in, so that no worker
 outlives a test.
 
+:class:`WsgiGunicorn` runs a WSGI worker serving :mod:`tests.wsgi_apps` instead.
+
 :data:`app` is :data:`tests.apps.app` that also names, in an ``X-Worker-Pid`` response
 header, the worker that served the request: the tests check that every worker applies the
 same settings.
@@ -29,11 +31,24 @@ from typing import Any
 
 from tests import apps
 from tests.haproxy import free_port
-from tests.servers import REPOSITORY, AppServer, clean_environment
+from tests.servers import REPOSITORY, AppServer, LogMark, clean_environment
 
-__all__ = ["APP", "WORKER_PID", "Gunicorn", "app", "gunicorn_argv", "run_gunicorn_to_exit"]
+__all__ = [
+    "APP",
+    "WORKER_PID",
+    "WSGI_ALLOW_FROM",
+    "WSGI_APP",
+    "Gunicorn",
+    "WsgiGunicorn",
+    "app",
+    "gunicorn_argv",
+    "run_gunicorn_to_exit",
+]
 
 APP = "tests.gunicorn_server:app"
+WSGI_APP = "tests.wsgi_apps:app"
+WSGI_ALLOW_FROM = "127.0.0.1,127.0.0.5"
+"""HAProxy connects from 127.0.0.1; raw sockets and curl playing the balancer from 127.0.0.5."""
 WORKER_PID = "x-worker-pid"
 """The response header naming the worker process that answered."""
 WORKERS = {
@@ -232,6 +247,50 @@ class Gunicorn(AppServer):
             for line in self.output().splitlines()
             if ("Traceback" in line or "[ERROR]" in line) and "was sent SIGKILL" not in line
         ]
+
+
+class WsgiGunicorn(Gunicorn):
+    """``python -m gunicorn -k <worker> --threads N -w WORKERS --proxy-protocol auto
+    --proxy-allow-from 127.0.0.1,127.0.0.5 --access-logfile - ... tests.wsgi_apps:app``:
+    a WSGI worker (ours or gunicorn's own ``sync`` / ``gthread``) serving
+    :mod:`tests.wsgi_apps`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        worker: str,
+        *,
+        threads: int,
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        port = free_port()
+        argv = gunicorn_argv(
+            [f"127.0.0.1:{port}"],
+            worker=worker,
+            workers=workers,
+            allow_from=WSGI_ALLOW_FROM,
+            extra=["--threads", str(threads), "--access-logfile", "-", *extra],
+            app=WSGI_APP,
+        )
+        short = worker.rpartition(".")[2]
+        super().__init__(
+            workdir, worker=worker, workers=workers, port=port, argv=argv, env=env, name=short
+        )
+
+    def booted(self) -> set[int]:
+        """The workers that have started (WSGI workers log no application start-up)."""
+        text = self.output()
+        return {
+            pid
+            for pid in self.worker_pids()
+            if re.search(rf"\] Booting worker with pid: {pid}$", text, re.MULTILINE)
+        }
+
+    def access_mark(self) -> LogMark:
+        """A mark in stdout, gunicorn's access log (``--access-logfile -``)."""
+        return LogMark(self.stdout_path)
 
 
 def run_gunicorn_to_exit(

@@ -23,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -53,7 +53,13 @@ from tests.clients import (
     times_until_closed,
     v2_tlvs,
 )
-from tests.gunicorn_server import Gunicorn, gunicorn_argv, run_gunicorn_to_exit
+from tests.gunicorn_server import (
+    WSGI_APP,
+    Gunicorn,
+    WsgiGunicorn,
+    gunicorn_argv,
+    run_gunicorn_to_exit,
+)
 from tests.haproxy import (
     STATS_SOCKET,
     HAProxy,
@@ -64,21 +70,18 @@ from tests.haproxy import (
     haproxy_stats,
     wait_until_healthy,
 )
-from tests.servers import LogMark
 
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for workers"),
 ]
 
-APP = "tests.wsgi_apps:app"
 KINDS = ("sync", "gthread")
 OURS = {
     "sync": "proxyproto_mw.gunicorn.SyncWorker",
     "gthread": "proxyproto_mw.gunicorn.ThreadWorker",
 }
 THREADS = {"sync": 1, "gthread": 4}
-ALLOW_FROM = "127.0.0.1,127.0.0.5"
 BALANCER = "127.0.0.5"
 """Raw sockets that send headers connect from here (trusted)."""
 UNTRUSTED = "127.0.0.6"
@@ -88,44 +91,6 @@ HEADERS = {
     1: encode_v1(CLIENT, DESTINATION),
     2: encode_v2(CLIENT, DESTINATION, checksum=True),
 }
-
-
-class WsgiGunicorn(Gunicorn):
-    """``python -m gunicorn -k <worker> --threads N -w 2 --proxy-protocol auto
-    --proxy-allow-from 127.0.0.1,127.0.0.5 --access-logfile - ... tests.wsgi_apps:app``."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        worker: str,
-        *,
-        threads: int,
-        env: Mapping[str, str] | None = None,
-        extra: Sequence[str] = (),
-    ) -> None:
-        port = free_port()
-        argv = gunicorn_argv(
-            [f"127.0.0.1:{port}"],
-            worker=worker,
-            allow_from=ALLOW_FROM,
-            extra=["--threads", str(threads), "--access-logfile", "-", *extra],
-            app=APP,
-        )
-        short = worker.rpartition(".")[2]
-        super().__init__(workdir, worker=worker, port=port, argv=argv, env=env, name=short)
-
-    def booted(self) -> set[int]:
-        """The workers that have started (WSGI workers log no application start-up)."""
-        text = self.output()
-        return {
-            pid
-            for pid in self.worker_pids()
-            if re.search(rf"\] Booting worker with pid: {pid}$", text, re.MULTILINE)
-        }
-
-    def access_mark(self) -> LogMark:
-        """A mark in stdout, gunicorn's access log (``--access-logfile -``)."""
-        return LogMark(self.stdout_path)
 
 
 def httpx_client_noting_address(source: str) -> httpx.Client:
@@ -575,7 +540,7 @@ def test_missing_header_on_the_tls_port_is_refused(ours_tls: WsgiGunicorn) -> No
 
 @pytest.mark.parametrize("worker", OURS.values(), ids=OURS.keys())
 def test_bad_environment_stops_gunicorn(worker: str) -> None:
-    argv = gunicorn_argv([f"127.0.0.1:{free_port()}"], worker=worker, app=APP)
+    argv = gunicorn_argv([f"127.0.0.1:{free_port()}"], worker=worker, app=WSGI_APP)
     completed = run_gunicorn_to_exit(argv, env={"PROXYPROTO_TIMEOUT": "1"})
     assert completed.returncode != 0, completed.stderr
     assert "PROXYPROTO_TIMEOUT" in completed.stderr
