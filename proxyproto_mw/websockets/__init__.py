@@ -27,8 +27,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
-import websockets.asyncio.server
-from websockets.asyncio.server import Server, ServerConnection
+try:
+    import websockets.asyncio.server
+    from websockets.asyncio.server import Server, ServerConnection
+except ImportError as error:  # pragma: no cover - websockets < 13 has no asyncio server
+    raise ImportError(
+        "proxyproto_mw.websockets needs websockets >= 13: pip install 'websockets>=13'"
+    ) from error
 
 from ..decoder import NEED_DATA
 from ..errors import ProxyProtocolError

@@ -85,7 +85,7 @@ class ProxyProtocolConnection(ServerConnection):
         return type(cls.__name__, (cls,), namespace)
 
     def __init__(
-        self, sock: socket.socket, protocol: ServerProtocol, server: Server, **kwargs: Any
+        self, sock: socket.socket, protocol: ServerProtocol, *args: Any, **kwargs: Any
     ) -> None:
         """Read the header (and start TLS), then start the library's connection.
 
@@ -115,7 +115,8 @@ class ProxyProtocolConnection(ServerConnection):
             if header.source is not None:
                 self._client = header.source
                 self._server = header.destination
-        super().__init__(sock, protocol, server, **kwargs)
+        # The rest (the server, from websockets 16 on, and the options) is the library's.
+        super().__init__(sock, protocol, *args, **kwargs)
 
     @property
     def remote_address(self) -> Any:
