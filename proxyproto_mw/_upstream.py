@@ -283,4 +283,24 @@ SEAMS: tuple[Seam, ...] = (
         _WERKZEUG,
         parameters=("hostname", "port", "application", "request_handler", "threaded", "processes"),
     ),
+    # websockets: proxyproto_mw.websockets and proxyproto_mw.websockets.sync
+    Seam(
+        "websockets",
+        "websockets.asyncio.server:ServerConnection.connection_made",
+        "connection_made() starts the connection's handler task (opening handshake, "
+        "open_timeout), so calling it only once the header is in keeps the header from it",
+        "proxyproto_mw.websockets.__init__",
+        parameters=("transport",),
+        mentions=("super().connection_made(transport)", "handler"),
+    ),
+    Seam(
+        "websockets",
+        "websockets.sync.server:serve",
+        "the threaded server builds each connection with create_connection(sock, protocol, "
+        "...) in the connection's own thread before reading from it, and closes the socket "
+        "quietly when building it raises",
+        "proxyproto_mw.websockets.sync",
+        parameters=("handler", "host", "port", "sock", "ssl", "create_connection"),
+        mentions=("create_connection(", "sock.close()"),
+    ),
 )
