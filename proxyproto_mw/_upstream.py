@@ -78,6 +78,7 @@ class Seam:
 
 _GUNICORN = "proxyproto_mw.gunicorn"
 _UVICORN_WORKER = "proxyproto_mw.uvicorn_worker"
+_UVICORN = "proxyproto_mw.uvicorn"
 _WERKZEUG = "proxyproto_mw.werkzeug"
 _CLI = "proxyproto_mw.cli"
 
@@ -259,6 +260,111 @@ SEAMS: tuple[Seam, ...] = (
         "callback(**options) runs uvicorn: serve takes both",
         _CLI,
         attributes=("params", "callback"),
+    ),
+    # uvicorn: proxyproto_mw.uvicorn's ProxyProtocol hands each connection to uvicorn's own
+    # HTTP protocol once the header is in (set_protocol), through a ProxiedTransport
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol",
+        "built with the keywords config, server_state, app_state and _loop (as uvicorn's "
+        "server builds any --http class); its app and ws_protocol_class, set in __init__, "
+        "are read per request and on an upgrade, so we set them before connection_made",
+        _UVICORN,
+        parameters=("config", "server_state", "app_state", "_loop"),
+        attributes=("app", "ws_protocol_class"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.http.h11_impl:H11Protocol",
+        "built with the keywords config, server_state, app_state and _loop; its app and "
+        "ws_protocol_class, set in __init__, are read per request and on an upgrade",
+        _UVICORN,
+        parameters=("config", "server_state", "app_state", "_loop"),
+        attributes=("app", "ws_protocol_class"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.handle_websocket_upgrade",
+        "the upgrade connects the --ws protocol to self.transport (our ProxiedTransport) and "
+        "then calls set_protocol on it, so the WebSocket sees the header's addresses",
+        _UVICORN,
+        mentions=("connection_made(self.transport)", "set_protocol"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.http.h11_impl:H11Protocol.handle_websocket_upgrade",
+        "the upgrade connects the --ws protocol to self.transport (our ProxiedTransport)",
+        _UVICORN,
+        mentions=("connection_made(self.transport)", "set_protocol"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.utils:get_remote_addr",
+        "the client address comes from get_extra_info('socket') first, then 'peername': "
+        "the ProxiedTransport answers socket with None and peername from the header",
+        _UVICORN,
+        mentions=('"socket"', '"peername"'),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.utils:get_local_addr",
+        "the server address comes from get_extra_info('socket') first, then 'sockname'",
+        _UVICORN,
+        mentions=('"socket"', '"sockname"'),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.websockets.websockets_impl:WebSocketProtocol",
+        "the ASGI app is self.app, read when the handshake's task starts, after "
+        "connection_made, where we set it to the app with the header's extension",
+        _UVICORN,
+        attributes=("app",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol",
+        "the ASGI app is self.app, read after connection_made, where we set it",
+        _UVICORN,
+        attributes=("app",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.protocols.websockets.wsproto_impl:WSProtocol",
+        "the ASGI app is self.app, read after connection_made, where we set it",
+        _UVICORN,
+        attributes=("app",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.middleware.proxy_headers:ProxyHeadersMiddleware",
+        "Config.load() wraps the app in it (--proxy-headers); its app attribute is the app "
+        "inside, which connections with a header call so X-Forwarded-For cannot override it",
+        _UVICORN,
+        attributes=("app",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.server:Server.shutdown",
+        "shutdown calls shutdown() on every protocol in server_state.connections, where a "
+        "connection still waiting for its header is, so that it is closed",
+        _UVICORN,
+        mentions=("server_state.connections", ".shutdown()"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.config:Config.load",
+        "load() looks a --http string up with import_from_string (getattr on our module) "
+        "in every serving process before it listens: there check_start_up runs",
+        _UVICORN,
+        mentions=("import_from_string(",),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.main:main.callback",
+        "under the uvicorn command, click's current context is uvicorn's main command and "
+        "its params hold --ssl-keyfile / --ssl-certfile, which check_start_up refuses",
+        _UVICORN,
+        parameters=("ssl_keyfile", "ssl_certfile"),
     ),
     # werkzeug: proxyproto_mw.werkzeug's ProxyProtocolRequestHandler
     Seam(
