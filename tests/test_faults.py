@@ -5,10 +5,12 @@
    proxyproto_mw.gunicorn.UvicornWorker -w 2`` and exchange a message every 0.1 to 0.3 s;
    a client whose connection drops opens a new one. Under that load one worker is killed
    (``SIGKILL``), then HAProxy is reloaded (a new process with ``-sf OLDPID``; the old one
-   ends its tunnels after ``hard-stop-after 3s``). The user's checks: the clients of the
-   killed worker, then every client, reconnect; no connection, first or reopened, ever
-   saw another address than its own socket's; every echo is right; gunicorn logs no
-   traceback and refuses no header.
+   ends its tunnels after ``hard-stop-after 3s``); between the two, 120 peers from
+   127.0.1.0/24 (trusted) go away as in 2. The user's checks: the clients of the killed
+   worker, then every client, reconnect; no connection, first or reopened, ever saw
+   another address than its own socket's; every echo is right; gunicorn logs no
+   traceback and refuses no header; afterwards every worker, the replacement too, holds
+   the descriptors of an idle worker and no server-side socket is left open.
 2. Peers that reset (``SO_LINGER`` 0, then close) or close (FIN) in the middle of the
    header, right after it, and in the middle of the request (in both ASGI workers, on
    uvloop with httptools and on asyncio with h11) leave nothing behind: no
@@ -80,6 +82,70 @@ def no_traceback(server: Gunicorn) -> None:
     assert WARNING not in output, [line for line in output.splitlines() if WARNING in line]
 
 
+# --- peers that reset or close mid-header, after it, mid-request ----------------------------
+
+HEADER = encode_v2(CLIENT, DESTINATION, checksum=True)
+STAGES = {
+    "mid-header": HEADER[:20],
+    "after-header": HEADER,
+    "mid-request": HEADER + request("/half")[:25],
+}
+"""What each peer sends before it goes away, by the moment it goes away."""
+PEERS_PER_CASE = 40
+HALF_OPEN_SOURCES = tuple(f"127.0.1.{host}" for host in range(1, 21))
+"""Where the peers that go away under load come from: the balancer's neighbours, trusted."""
+
+
+def go_away(sock: socket.socket, reset: bool) -> None:
+    """Close ``sock``: with a reset (``SO_LINGER`` 0) or a FIN."""
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def open_peers(
+    address: tuple[str, int], sources: tuple[str, ...], per_case: int
+) -> list[tuple[str, bool, socket.socket]]:
+    """``per_case`` connections per stage and way of going away, from ``sources`` in turn,
+    each having sent its stage's bytes: (stage, whether it will reset, the socket)."""
+    peers = []
+    for stage, payload in STAGES.items():
+        for reset in (True, False):
+            for number in range(per_case):
+                sock = open_from(sources[number % len(sources)], address)
+                sock.sendall(payload)
+                peers.append((stage, reset, sock))
+    return peers
+
+
+def lingering(port: int, prefix: str = "") -> list[tuple[str, str]]:
+    """Server-side sockets on ``port`` from peers starting with ``prefix`` that are neither
+    listening nor in TIME_WAIT (which holds no descriptor)."""
+    return [
+        (state, peer)
+        for state, peer in connections_on_port(port)
+        if state not in ("LISTEN", "TIME_WAIT") and peer.startswith(prefix)
+    ]
+
+
+def wait_until_released(
+    server: Gunicorn, port: int, idle: int, prefix: str = "", timeout: float = 15.0
+) -> None:
+    """Wait (bounded) until no socket from ``prefix`` lingers on ``port`` and every worker
+    holds ``idle`` descriptors, as a worker without connections does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = lingering(port, prefix)
+        descriptors = {pid: open_descriptors(pid) for pid in server.worker_pids()}
+        if not left and set(descriptors.values()) == {idle}:
+            return
+        assert time.monotonic() < deadline, (
+            f"{timeout} s after the peers went away: sockets {left[:10]}, "
+            f"descriptors {descriptors} (idle: {idle})"
+        )
+        time.sleep(0.1)
+
+
 # --- 1. a killed worker and a reloaded HAProxy under load -----------------------------------
 
 
@@ -136,12 +202,20 @@ class Churn:
 def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
     if raise_open_files(20_000) < 4 * CLIENTS:
         pytest.skip(f"RLIMIT_NOFILE cannot be raised to {4 * CLIENTS}")
-    server = Gunicorn(tmp_path, proxy_protocol=("--proxy-protocol", "v2"), allow_from="127.0.0.1")
+    # HAProxy at 127.0.0.1 and the peers that go away from 127.0.1.0/24 are trusted; a
+    # header timeout of 120 s leaves the peers' going away as the only thing that frees them.
+    server = Gunicorn(
+        tmp_path,
+        proxy_protocol=("--proxy-protocol", "v2"),
+        allow_from="127.0.0.1,127.0.1.0/24",
+        env={"PROXYPROTO_TIMEOUT": "120"},
+    )
     frontend_port = free_port()
     config = haproxy_for_load(tmp_path, frontend_port, server.port)
     stats_socket = tmp_path / STATS_SOCKET
     with contextlib.ExitStack() as stack, server, HAProxy(config, tmp_path) as first:
         wait_until_healthy(stats_socket, [BACKEND], timeout=15)
+        (idle,) = {open_descriptors(pid) for pid in server.worker_pids()}
         churn = Churn(Fleet(("127.0.0.1", frontend_port)))
         everyone = set(range(CLIENTS))
         events: dict[str, object] = {}
@@ -162,6 +236,14 @@ def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
                     lambda: churn.reconnected_since(killed, on_victim),
                     f"the {len(on_victim)} clients of the killed worker reconnected",
                 )
+                # Peers that reset or close mid-header, after it, mid-request, under load.
+                peers = await asyncio.to_thread(
+                    open_peers, server.address, HALF_OPEN_SOURCES, PEERS_PER_CASE // 2
+                )
+                events["peers"] = len(peers)
+                await asyncio.sleep(0.5)
+                for _, reset, sock in peers:
+                    go_away(sock, reset)
                 # Reload HAProxy: the old process ends its tunnels after 3 s.
                 second = await asyncio.to_thread(reload_haproxy, first, tmp_path / "reload")
                 stack.callback(second.stop)
@@ -179,11 +261,15 @@ def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
 
         asyncio.run(asyncio.wait_for(run(), 130))
         health = haproxy_stats(stats_socket)[(BACKEND, "app")]
+        # Nothing is left of the peers that went away, nor of any client's connection:
+        # every worker, the replacement too, holds what an idle worker holds.
+        wait_until_released(server, server.port, idle)
 
     sessions = churn.fleet.sessions
     print(
         f"\n{len(sessions)} connections opened by {CLIENTS} clients, "
-        f"{len(events['on_victim'])} on the killed worker, {len(churn.drops)} drops"  # type: ignore[arg-type]
+        f"{len(events['on_victim'])} on the killed worker, {len(churn.drops)} drops; "  # type: ignore[arg-type]
+        f"{events['peers']} peers went away under load"
     )
     # No connection, first or reopened, ever saw another address than its own socket's.
     assert churn.fleet.misaddressed() == [], churn.fleet.misaddressed()[:10]
@@ -202,23 +288,7 @@ def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
     no_traceback(server)
 
 
-# --- 2. peers that reset or close mid-header, after it, mid-request ----------------------------
-
-HEADER = encode_v2(CLIENT, DESTINATION, checksum=True)
-STAGES = {
-    "mid-header": HEADER[:20],
-    "after-header": HEADER,
-    "mid-request": HEADER + request("/half")[:25],
-}
-"""What each peer sends before it goes away, by the moment it goes away."""
-PEERS_PER_CASE = 40
-
-
-def go_away(sock: socket.socket, reset: bool) -> None:
-    """Close ``sock``: with a reset (``SO_LINGER`` 0) or a FIN."""
-    if reset:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+# --- 2. peers that go away, on an idle server ----------------------------------------------
 
 
 @pytest.mark.timeout(90)
@@ -241,13 +311,7 @@ def test_peers_that_go_away_leave_nothing_half_open(tmp_path: Path, worker: str)
             assert response.status == 200
         time.sleep(0.5)
         baseline = {pid: open_descriptors(pid) for pid in workers}
-        peers = []
-        for stage, payload in STAGES.items():
-            for reset in (True, False):
-                for _ in range(PEERS_PER_CASE):
-                    sock = open_from("127.0.0.1", server.address)
-                    sock.sendall(payload)
-                    peers.append((stage, reset, sock))
+        peers = open_peers(server.address, ("127.0.0.1",), PEERS_PER_CASE)
         # Every peer's connection is held by a worker before any goes away.
         deadline = time.monotonic() + 10
         while (
@@ -259,18 +323,8 @@ def test_peers_that_go_away_leave_nothing_half_open(tmp_path: Path, worker: str)
         for _, reset, sock in peers:
             go_away(sock, reset)
 
-        deadline = time.monotonic() + 10
-        while True:
-            lingering = [c for c in connections_on_port(server.port) if c[0] != "LISTEN"]
-            lingering = [c for c in lingering if c[0] != "TIME_WAIT"]
-            descriptors = {pid: open_descriptors(pid) for pid in workers}
-            if not lingering and descriptors == baseline:
-                break
-            assert time.monotonic() < deadline, (
-                f"10 s after {len(peers)} peers went away: sockets {lingering[:10]}, "
-                f"descriptors {descriptors} (before: {baseline})"
-            )
-            time.sleep(0.1)
+        (idle,) = set(baseline.values())
+        wait_until_released(server, server.port, idle)
         # The workers still serve, and are the same workers.
         response, _ = exchange(server.address, "127.0.0.1", HEADER + request())
         assert response.status == 200
