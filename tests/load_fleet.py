@@ -27,7 +27,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 
-from tests.gunicorn_server import WORKER_PID
+from tests.gunicorn_server import WORKER_PID, Gunicorn
 from tests.haproxy import STATS_SOCKET, Address, HAProxy
 
 __all__ = [
@@ -38,10 +38,12 @@ __all__ = [
     "close_all",
     "connections_on_port",
     "haproxy_for_load",
+    "lingering",
     "open_descriptors",
     "raise_open_files",
     "reload_haproxy",
     "resident_kib",
+    "wait_until_released",
 ]
 
 LOAD_SOURCES = tuple(f"127.0.0.{host}" for host in range(2, 251))
@@ -108,6 +110,34 @@ def connections_on_port(port: int) -> list[tuple[str, str]]:
         host = socket.inet_ntoa(bytes.fromhex(raw_host)[::-1])
         found.append((_TCP_STATES.get(state, state), f"{host}:{int(raw_port, 16)}"))
     return found
+
+
+def lingering(port: int, prefix: str = "") -> list[tuple[str, str]]:
+    """Server-side sockets on ``port`` from peers starting with ``prefix`` that are neither
+    listening nor in TIME_WAIT (which holds no descriptor)."""
+    return [
+        (state, peer)
+        for state, peer in connections_on_port(port)
+        if state not in ("LISTEN", "TIME_WAIT") and peer.startswith(prefix)
+    ]
+
+
+def wait_until_released(
+    server: Gunicorn, port: int, idle: int, prefix: str = "", timeout: float = 15.0
+) -> None:
+    """Wait (bounded) until no socket from ``prefix`` lingers on ``port`` and every worker
+    holds ``idle`` descriptors, as a worker without connections does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = lingering(port, prefix)
+        descriptors = {pid: open_descriptors(pid) for pid in server.worker_pids()}
+        if not left and set(descriptors.values()) == {idle}:
+            return
+        assert time.monotonic() < deadline, (
+            f"{timeout} s after the peers went away: sockets {left[:10]}, "
+            f"descriptors {descriptors} (idle: {idle})"
+        )
+        time.sleep(0.1)
 
 
 def bound_socket(source: str) -> socket.socket:

@@ -47,11 +47,11 @@ from tests.load_fleet import (
     BACKEND,
     Fleet,
     Session,
-    connections_on_port,
     haproxy_for_load,
     open_descriptors,
     raise_open_files,
     reload_haproxy,
+    wait_until_released,
 )
 
 pytestmark = [
@@ -116,34 +116,6 @@ def open_peers(
                 sock.sendall(payload)
                 peers.append((stage, reset, sock))
     return peers
-
-
-def lingering(port: int, prefix: str = "") -> list[tuple[str, str]]:
-    """Server-side sockets on ``port`` from peers starting with ``prefix`` that are neither
-    listening nor in TIME_WAIT (which holds no descriptor)."""
-    return [
-        (state, peer)
-        for state, peer in connections_on_port(port)
-        if state not in ("LISTEN", "TIME_WAIT") and peer.startswith(prefix)
-    ]
-
-
-def wait_until_released(
-    server: Gunicorn, port: int, idle: int, prefix: str = "", timeout: float = 15.0
-) -> None:
-    """Wait (bounded) until no socket from ``prefix`` lingers on ``port`` and every worker
-    holds ``idle`` descriptors, as a worker without connections does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = lingering(port, prefix)
-        descriptors = {pid: open_descriptors(pid) for pid in server.worker_pids()}
-        if not left and set(descriptors.values()) == {idle}:
-            return
-        assert time.monotonic() < deadline, (
-            f"{timeout} s after the peers went away: sockets {left[:10]}, "
-            f"descriptors {descriptors} (idle: {idle})"
-        )
-        time.sleep(0.1)
 
 
 # --- 1. a killed worker and a reloaded HAProxy under load -----------------------------------

@@ -8,7 +8,8 @@ ephemeral ports on each), all open at the same time, then each sends twenty mess
 and binary in turn, each unique) and checks every echo. The user's checks: every
 connection's app saw exactly the socket it came from, every message came back, once, in
 order, unchanged; both workers served; no worker died, no health check failed, nothing
-was logged as an error or a refused header.
+was logged as an error or a refused header; once the clients closed, the workers hold
+the descriptors they held before.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from tests.load_fleet import (
     Session,
     close_all,
     haproxy_for_load,
+    open_descriptors,
     raise_open_files,
+    wait_until_released,
 )
 
 pytestmark = [
@@ -95,6 +98,7 @@ def test_two_thousand_websockets_each_see_their_own_source(tmp_path: Path) -> No
     with server, HAProxy(config, tmp_path):
         wait_until_healthy(stats_socket, [BACKEND], timeout=15)
         workers = server.worker_pids()
+        (idle,) = {open_descriptors(pid) for pid in workers}
         fleet = Fleet(("127.0.0.1", frontend_port))
         started = time.monotonic()
         failures, frontend_sessions, server_sessions = asyncio.run(
@@ -103,6 +107,8 @@ def test_two_thousand_websockets_each_see_their_own_source(tmp_path: Path) -> No
         elapsed = time.monotonic() - started
         health = haproxy_stats(stats_socket)[(BACKEND, "app")]
         assert server.worker_pids() == workers, "a worker died or was replaced under load"
+        # Once the clients have closed, the workers hold what they held before.
+        wait_until_released(server, server.port, idle)
 
     print(f"\n{CONNECTIONS} WebSockets, {MESSAGES} messages each: {elapsed:.1f} s")
     assert failures == [], failures[:10]
