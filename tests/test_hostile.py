@@ -12,10 +12,10 @@
    ever comes back. For the server: it stays up and serves; its open descriptors return
    to their start; its resident memory, after a warm-up round of 1,000, grows by less
    than :data:`RSS_MARGIN_KIB`.
-2. Slowloris against ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker -w 2``: 400
-   connections from the balancer's address send their header one byte every 0.5 s, 200
-   send a whole header and then their request one byte every 0.5 s, 100 untrusted ones
-   dribble a plain request. Meanwhile honest clients, through the balancer's address and
+2. Slowloris against ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker -w 2`` (and
+   ``UvicornH11Worker``): 400 connections from the balancer's address send their header
+   one byte every 0.5 s, 200 send a whole header and then their request one byte every
+   0.5 s, 100 untrusted ones dribble a plain request. Meanwhile honest clients, through the balancer's address and
    directly, keep being served with their own addresses; each header dribbler is closed
    without a byte at the header timeout, long before its header could be complete.
 """
@@ -212,10 +212,12 @@ async def honest_exchange(address: tuple[str, int], source: str, payload: bytes)
 
 
 @pytest.mark.timeout(90)
-def test_slowloris_leaves_honest_clients_served(tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker", ["UvicornWorker", "UvicornH11Worker"])
+def test_slowloris_leaves_honest_clients_served(tmp_path: Path, worker: str) -> None:
     raise_open_files(8192)
     server = Gunicorn(
         tmp_path,
+        worker=worker,
         proxy_protocol=("--proxy-protocol", "auto"),
         allow_from=TRUSTED_SOURCE,
         env={"PROXYPROTO_TIMEOUT": HEADER_TIMEOUT},
