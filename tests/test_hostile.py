@@ -15,9 +15,10 @@
 2. Slowloris against ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker -w 2`` (and
    ``UvicornH11Worker``): 400 connections from the balancer's address send their header
    one byte every 0.5 s, 200 send a whole header and then their request one byte every
-   0.5 s, 100 untrusted ones dribble a plain request. Meanwhile honest clients, through the balancer's address and
-   directly, keep being served with their own addresses; each header dribbler is closed
-   without a byte at the header timeout, long before its header could be complete.
+   0.5 s, 100 untrusted ones dribble a plain request. Meanwhile honest clients, through
+   the balancer's address and directly, keep being served with their own addresses; each
+   header dribbler is closed without a byte at the header timeout, long before its header
+   could be complete.
 """
 
 from __future__ import annotations
