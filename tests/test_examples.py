@@ -31,8 +31,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxyproto_mw import TrustPolicy, encode_v1, encode_v2
 from proxyproto_mw.testing import ServedUvicorn, serve_uvicorn
-from tests.clients import WARNING
+from tests.apps import app as describing_app
+from tests.clients import WARNING, request, send_and_assert_closed_silently
 from tests.haproxy import HAProxy, ServerProcess, free_port, haproxy_available, haproxy_stats
 from tests.servers import REPOSITORY, AppServer, run_to_exit
 
@@ -275,3 +277,48 @@ def test_aws_md_commands_print_what_it_shows(command: str, expected: list[str]) 
     assert done.returncode == 0, done.stderr
     printed = [line.strip() for line in done.stdout.splitlines() if line.startswith("aws ")]
     assert printed == [" ".join(line.split()) for line in expected], done.stdout
+
+
+# --- README's troubleshooting table ----------------------------------------------------------
+
+README = (REPOSITORY / "README.md").read_text()
+TROUBLESHOOTING = README[README.index("### Troubleshooting") :]
+
+
+def test_troubleshooting_quotes_what_the_server_logs(apps: Apps) -> None:
+    """Each log line README.md's troubleshooting table quotes is what a server writes when
+    the case it names happens."""
+    policy = TrustPolicy(trusted="127.0.0.1", versions=[2], timeout=3)
+    with serve_uvicorn(describing_app, policy=policy) as served:
+        with pytest.raises(httpx.RemoteProtocolError):
+            served.request(source="127.0.0.2")  # a header from a peer that is not trusted
+        with pytest.raises(httpx.RemoteProtocolError):
+            served.request(header=None)  # a trusted peer without a header
+        with pytest.raises(httpx.RemoteProtocolError):
+            served.request(header=encode_v1(("192.0.2.1", 1), ("192.0.2.2", 2)))
+        with pytest.raises(httpx.RemoteProtocolError):
+            served.request(header=b"PROXY TCP4 192.0.2.1 192.0.2.2 1 080\r\n")
+        with served.connect(encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2))[:10]) as silent:
+            silent.settimeout(10)
+            assert silent.recv(1) == b""  # closed after the header timeout
+        output = served.output()
+    mark = apps.https.mark()
+    # A header, then plain HTTP where TLS must follow.
+    header = encode_v1(("192.0.2.1", 1), ("127.0.0.1", apps.https.port))
+    send_and_assert_closed_silently(apps.https.address, "127.0.0.1", header + request())
+    mark.wait_for("TLS handshake after the PROXY header failed")
+    output += mark.text() + apps.http.output()  # the start-up line of a uvicorn process
+    for quoted in (
+        "PROXY protocol on",
+        "closing connection from",
+        "which is not trusted: it is not believed",
+        "no PROXY header from trusted peer 127.0.0.1 (mode is require;",
+        "v1 PROXY header, but only v2 accepted",
+        "v1 header has an invalid port '080'",
+        "no complete PROXY header within 3 s (10 bytes received)",
+        "TLS handshake after the PROXY header failed",
+    ):
+        assert quoted in output, f"{quoted!r} not logged:\n{output}"
+        assert quoted.replace("127.0.0.1", "10.0.0.12").split(" 3 s")[0] in TROUBLESHOOTING, (
+            f"{quoted!r} not in README's troubleshooting"
+        )
