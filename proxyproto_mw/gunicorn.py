@@ -17,7 +17,10 @@ apps. gunicorn's own settings keep their documented meaning:
 checked when gunicorn starts, so a bad value stops the master with a message naming it.
 
 The WSGI workers read the header once per connection, before gunicorn's parser or its TLS
-sees a byte, and gunicorn's own PROXY parsing is off in them. Every request of the
+sees a byte, and gunicorn's own PROXY parsing is off in them. ``ThreadWorker`` reads it in
+the worker's main thread as the bytes arrive, so that slow or stalled headers hold no pool
+thread; ``SyncWorker`` waits for it in its only thread (see :class:`SyncWorker`). At
+start-up the master logs one INFO line saying what the policy does. Every request of the
 connection then gets ``REMOTE_ADDR`` / ``REMOTE_PORT`` from the header's client (as do
 gunicorn's access and error logs, and its ``--forwarded-allow-ips`` check: the client
 wrote the request's headers, not the balancer), ``SERVER_NAME`` / ``SERVER_PORT`` from

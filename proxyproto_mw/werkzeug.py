@@ -29,6 +29,7 @@ default of this module's :func:`run_simple`) so that a slow peer holds up no one
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import werkzeug.serving
@@ -37,7 +38,7 @@ from werkzeug.serving import WSGIRequestHandler
 from .blocking import receive_header, reject
 from .errors import ConfigurationError, ProxyProtocolError
 from .header import Address, ProxyHeader
-from .policy import Mode, TrustPolicy, environment_policy
+from .policy import Mode, TrustPolicy, environment_policy, logger
 from .wsgi import apply_header
 
 if TYPE_CHECKING:
@@ -101,6 +102,16 @@ class ProxyProtocolRequestHandler(WSGIRequestHandler):
         return environ
 
 
+def _log_like_werkzeug() -> None:
+    """Write our log lines to stderr, at INFO and above, as werkzeug writes its own, unless
+    logging is configured already."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    logger.addHandler(logging.StreamHandler())
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def run_simple(
     hostname: str,
     port: int,
@@ -115,7 +126,9 @@ def run_simple(
     :class:`~proxyproto_mw.errors.ConfigurationError` here, before anything listens.
     ``request_handler`` may name a subclass of :class:`ProxyProtocolRequestHandler`. Serves
     threaded unless ``threaded=False`` or ``processes`` is given. werkzeug's
-    ``ssl_context`` is refused: TLS in front of the handler would hide the header.
+    ``ssl_context`` is refused: TLS in front of the handler would hide the header. One
+    INFO line on the ``proxyproto_mw`` logger (on stderr unless logging is configured)
+    says what the policy does.
     """
     if policy is None:
         policy = environment_policy()
@@ -128,6 +141,8 @@ def run_simple(
         raise ConfigurationError(_SERVER_TLS)
     if werkzeug_kwargs.get("processes", 1) == 1:
         werkzeug_kwargs.setdefault("threaded", True)
+    _log_like_werkzeug()
+    logger.info("%s", policy.describe())
     werkzeug.serving.run_simple(
         hostname, port, application, request_handler=handler.with_policy(policy), **werkzeug_kwargs
     )

@@ -154,6 +154,18 @@ def assert_served_from(environ: JSON, local: Address, server: Gunicorn) -> None:
     assert environ["server_port"] == str(server.port)
 
 
+def test_start_up_says_what_the_policy_does(ours: WsgiGunicorn) -> None:
+    """One INFO line from the master, in gunicorn's error log, before the workers boot."""
+    lines = [line for line in ours.output().splitlines() if "PROXY protocol" in line]
+    assert len(lines) == 1, lines
+    assert re.search(
+        r"\[INFO\] PROXY protocol on \(mode require, v1 and v2\): headers "
+        r"believed from 127\.0\.0\.1, 127\.0\.0\.5 and UNIX-socket peers "
+        r"\(--proxy-allow-from\) within 3 s;",
+        lines[0],
+    ), lines[0]
+
+
 # --- 1. what the environ says -----------------------------------------------------------------
 
 

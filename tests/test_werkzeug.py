@@ -587,6 +587,15 @@ def test_mode_off_decodes_no_header(tmp_path: Path) -> None:
     _no_errors(server)
 
 
+def test_start_up_says_what_the_policy_does(strict_server: Werkzeug) -> None:
+    """One line at start-up, beside werkzeug's own, says that PROXY handling is on and how."""
+    lines = [line for line in strict_server.stderr().splitlines() if "PROXY protocol" in line]
+    assert lines == [
+        "PROXY protocol on (mode require, v1 and v2): headers believed from 127.0.0.1 "
+        "(PROXYPROTO_TRUSTED) within 3 s; other peers are served with their own address"
+    ]
+
+
 STARTUP_ERRORS = {
     "mode": ({"PROXYPROTO_MODE": "bogus"}, "", "PROXYPROTO_MODE"),
     "timeout": ({"PROXYPROTO_TIMEOUT": "1"}, "", "PROXYPROTO_TIMEOUT"),
