@@ -410,8 +410,9 @@ class ServedUvicorn:
         sock = self.connect(header, source=source, timeout=timeout)
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
+            kwargs.setdefault("open_timeout", timeout)
             websocket: ClientConnection = connect(
-                f"ws://{host}:{self.port}{path}", sock=sock, open_timeout=timeout, **kwargs
+                f"ws://{host}:{self.port}{path}", sock=sock, **kwargs
             )
             return websocket
         except BaseException:
