@@ -40,13 +40,35 @@ from ..errors import ProxyProtocolError
 from ..header import Address, ProxyHeader, ProxyProtocolInfo
 from ..policy import Admission, TrustPolicy, environment_policy, log_rejection
 
-__all__ = ["ProxyProtocolConnection", "proxy_protocol", "serve"]
+__all__ = ["ProxiedState", "ProxyProtocolConnection", "proxy_protocol", "serve"]
 
 _C = TypeVar("_C", bound="ProxyProtocolConnection")
 
-_HEADER_PHASE = ("data_received", "eof_received", "connection_lost")
-"""The asyncio callbacks this class answers itself until the header is in (as instance
-attributes, so that deleting them leaves the library's methods, with nothing in between)."""
+
+class ProxiedState:
+    """What a connection keeps of its PROXY header: one attribute of the connection.
+
+    One attribute rather than several: every attribute beyond what the library's own
+    connection sets costs each of the library's attribute reads on every frame once the
+    instance's shared-key table overflows (CPython then makes it an ordinary dict).
+    """
+
+    __slots__ = ("client", "header", "info", "peer", "server", "tls")
+
+    def __init__(self, header: ProxyHeader, peer: Address | None, tls: bool) -> None:
+        self.header = header
+        self.peer = peer
+        self.tls = tls
+        self.client = header.source
+        self.server = header.destination
+        self.info: ProxyProtocolInfo | None = None
+
+    def as_dict(self) -> ProxyProtocolInfo:
+        """The header as the ASGI extension holds it, made on first use."""
+        info = self.info
+        if info is None:
+            info = self.info = self.header.as_dict(self.peer, tls=self.tls)
+        return info
 
 
 class ProxyProtocolConnection(ServerConnection):
@@ -58,6 +80,9 @@ class ProxyProtocolConnection(ServerConnection):
     ``UNKNOWN``, v2 ``LOCAL``), which keep the socket's. Pass TLS settings to
     :meth:`with_policy` (or to :func:`serve`), never as the library's ``ssl=``: the
     library's TLS would start before the header, which is sent in clear.
+
+    Until the header is in, the transport talks to a :class:`_HeaderReader`; then it is
+    handed to this connection, whose asyncio callbacks are the library's own.
     """
 
     policy: ClassVar[TrustPolicy | None] = None
@@ -67,18 +92,8 @@ class ProxyProtocolConnection(ServerConnection):
     tls_handshake_timeout: ClassVar[float | None] = 10.0
     """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
 
-    proxy_header: ProxyHeader | None = None
-    """The connection's PROXY header; None when it came without one."""
-    _proxy_info: ProxyProtocolInfo | None = None
-    _peer: Address | None = None
-    _client: Address | None = None
-    _server: Address | None = None
-    _raw: asyncio.Transport | None = None
-    """The TCP transport until the library's connection starts."""
-    _admission: Admission | None = None
-    _deadlines: _HeaderDeadlines | None = None
-    _deadline_tick = 0
-    _pending_tls: bytearray | None = None
+    proxied: ProxiedState | None = None
+    """The connection's header and what follows from it; None without a header."""
 
     @classmethod
     def with_policy(
@@ -100,146 +115,171 @@ class ProxyProtocolConnection(ServerConnection):
         return type(cls.__name__, (cls,), namespace)
 
     @property
-    def proxy_info(self) -> ProxyProtocolInfo | None:
-        """The header as the ASGI extension holds it (made on first use); see
-        :func:`proxy_protocol`."""
-        info = self._proxy_info
-        if info is None and self.proxy_header is not None:
-            tls = self.tls_context is not None
-            info = self._proxy_info = self.proxy_header.as_dict(self._peer, tls=tls)
-        return info
+    def proxy_header(self) -> ProxyHeader | None:
+        """The connection's PROXY header; None when it came without one."""
+        proxied = self.proxied
+        return None if proxied is None else proxied.header
 
     @property
     def remote_address(self) -> Any:
         """The client's address: the header's, else the socket's peer."""
-        client = self._client
-        return client if client is not None else super().remote_address
+        proxied = self.proxied
+        if proxied is not None and proxied.client is not None:
+            return proxied.client
+        return super().remote_address
 
     @property
     def local_address(self) -> Any:
         """The address the client reached: the header's, else the socket's own."""
-        server = self._server
-        return server if server is not None else super().local_address
+        proxied = self.proxied
+        if proxied is not None and proxied.server is not None:
+            return proxied.server
+        return super().local_address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the admission; the library's connection starts once the header is in."""
+        """Read the header first; the library's connection starts once it is in."""
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
         raw: asyncio.Transport = transport  # type: ignore[assignment]
-        self._raw = raw
-        self._hold(raw)
         peer = raw.get_extra_info("peername")
         if not peer and _is_ip_socket(raw):
             # Reset before it was accepted (a health check that connects and leaves).
             raw.abort()
             return
-        peer = self._peer = (peer[0], peer[1]) if peer else None
+        peer = (peer[0], peer[1]) if peer else None
         admission = policy.admission(peer)
-        if admission is None:
-            self._admitted(raw, None, b"")
+        if admission is None and self.tls_context is None:  # mode off: nothing to read
+            self._start(raw, None, b"")
             return
-        self._admission = admission
+        reader = _HeaderReader(self, raw, admission, peer)
+        raw.set_protocol(reader)
+        if admission is None:
+            reader.admitted(None, b"")
+            return
         deadlines = self.server.__dict__.get("proxyproto_deadlines")
         if deadlines is None:
-            deadlines = self.server.proxyproto_deadlines = _HeaderDeadlines(self.loop)  # type: ignore[attr-defined]
-        self._deadlines = deadlines
-        deadlines.watch(self, policy.timeout)
+            deadlines = _HeaderDeadlines(self.loop)
+            self.server.proxyproto_deadlines = deadlines  # type: ignore[attr-defined]
+        reader.deadlines = deadlines
+        deadlines.watch(reader, policy.timeout)
 
-    def _hold(self, transport: asyncio.Transport) -> None:
-        """Answer the transport's callbacks here until the header (and TLS) is in."""
-        self.__dict__.update(
-            data_received=self._receive_header,
-            eof_received=_closed_early,
-            connection_lost=self._lost_early,
-        )
-        transport.set_protocol(self)  # uvloop caches data_received: make it look again
-
-    def _release(self, transport: asyncio.Transport) -> None:
-        """From now on the transport calls the library's methods directly."""
-        for name in _HEADER_PHASE:
-            self.__dict__.pop(name, None)
-        transport.set_protocol(self)
-
-    def _receive_header(self, data: bytes) -> None:
-        if self._pending_tls is not None:  # decrypted bytes while TLS starts
-            self._pending_tls += data
-            return
-        admission = self._admission
-        if admission is None:  # closed already; the transport may still deliver a read
-            return
-        try:
-            admitted = admission.receive(data)
-        except ProxyProtocolError as error:
-            self._reject(error)
-            return
-        if admitted is not NEED_DATA:
-            self._stop_waiting()
-            self._admission = None
-            raw = self._raw
-            assert raw is not None
-            self._admitted(raw, admitted.header, admitted.data)
-
-    def _lost_early(self, exc: Exception | None) -> None:
-        """The connection ended before the header (or TLS) was complete: not logged."""
-        self._stop_waiting()
-        self._admission = None
-        for name in _HEADER_PHASE:
-            self.__dict__.pop(name, None)
-        self._raw = None
-
-    def _stop_waiting(self) -> None:
-        deadlines = self._deadlines
-        if deadlines is not None:
-            deadlines.waiting.discard(self)
-            self._deadlines = None
-
-    def _header_timed_out(self) -> None:
-        self._stop_waiting()
-        if self._admission is not None:
-            self._reject(self._admission.timed_out())
-
-    def _reject(self, error: ProxyProtocolError) -> None:
-        raw = self._raw
-        assert raw is not None
-        self._stop_waiting()
-        self._admission = None
-        log_rejection(raw.get_extra_info("peername"), error)
-        raw.abort()
-
-    def _admitted(self, raw: asyncio.Transport, header: ProxyHeader | None, data: bytes) -> None:
-        if header is not None:
-            self.proxy_header = header
-            if header.source is not None:
-                self._client = header.source
-                self._server = header.destination
-        if self.tls_context is not None:
-            self._start_tls(raw, data)
-            return
-        self._connect(raw, data)
-
-    def _connect(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Become the library's connection: its handshake starts here."""
-        self._release(transport)
-        self._raw = None
+    def _start(
+        self, transport: asyncio.Transport, proxied: ProxiedState | None, data: bytes
+    ) -> None:
+        """Become the library's connection on ``transport``: its handshake starts here."""
+        self.proxied = proxied
+        transport.set_protocol(self)  # uvloop caches the protocol's methods: set it again
         super().connection_made(transport)
         if data:
             self.data_received(data)
 
-    def _start_tls(self, raw: asyncio.Transport, data: bytes) -> None:
+
+class _HeaderReader(asyncio.Protocol):
+    """The transport's protocol until the header (and TLS after it) is in."""
+
+    __slots__ = (
+        "admission",
+        "connection",
+        "deadline_tick",
+        "deadlines",
+        "header",
+        "peer",
+        "pending_tls",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        connection: ProxyProtocolConnection,
+        transport: asyncio.Transport,
+        admission: Admission | None,
+        peer: Address | None,
+    ) -> None:
+        self.connection: ProxyProtocolConnection | None = connection
+        self.transport = transport
+        self.admission = admission
+        self.peer = peer
+        self.deadlines: _HeaderDeadlines | None = None
+        self.deadline_tick = 0
+        self.header: ProxyHeader | None = None
+        self.pending_tls: bytearray | None = None
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the admission until the header is complete."""
+        if self.pending_tls is not None:  # decrypted bytes while TLS starts
+            self.pending_tls += data
+            return
+        admission = self.admission
+        if admission is None:  # refused already; the transport may still deliver a read
+            return
+        try:
+            admitted = admission.receive(data)
+        except ProxyProtocolError as error:
+            self.reject(error)
+            return
+        if admitted is not NEED_DATA:
+            self.stop_waiting()
+            self.admission = None
+            self.admitted(admitted.header, admitted.data)
+
+    def eof_received(self) -> bool | None:
+        """End of stream before the header: let the transport close."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended before the header (or TLS) was complete: not logged."""
+        self.stop_waiting()
+        self.admission = None
+        self.connection = None
+
+    def stop_waiting(self) -> None:
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.waiting.discard(self)
+            self.deadlines = None
+
+    def timed_out(self) -> None:
+        self.stop_waiting()
+        if self.admission is not None:
+            self.reject(self.admission.timed_out())
+
+    def reject(self, error: ProxyProtocolError) -> None:
+        self.stop_waiting()
+        self.admission = None
+        self.connection = None
+        log_rejection(self.transport.get_extra_info("peername"), error)
+        self.transport.abort()
+
+    def admitted(self, header: ProxyHeader | None, data: bytes) -> None:
+        connection = self.connection
+        assert connection is not None
+        self.header = header
+        if connection.tls_context is not None:
+            self.start_tls(connection, data)
+            return
+        self.connection = None
+        connection._start(self.transport, self.state(False), data)
+
+    def state(self, tls: bool) -> ProxiedState | None:
+        header = self.header
+        return None if header is None else ProxiedState(header, self.peer, tls)
+
+    def start_tls(self, connection: ProxyProtocolConnection, data: bytes) -> None:
         """Serve TLS on the connection after its header (the header itself is in clear)."""
+        raw = self.transport
         raw.pause_reading()
-        self._pending_tls = bytearray()
-        context = self.tls_context
+        self.pending_tls = bytearray()
+        context = connection.tls_context
         assert context is not None
-        loop = self.loop
+        loop = connection.loop
         task = loop.create_task(
             loop.start_tls(
                 raw,
                 self,
                 context,
                 server_side=True,
-                ssl_handshake_timeout=self.tls_handshake_timeout,
+                ssl_handshake_timeout=connection.tls_handshake_timeout,
             )
         )
         if data:
@@ -247,26 +287,25 @@ class ProxyProtocolConnection(ServerConnection):
             # schedules when the task first runs; this runs right after them, before the
             # loop reads the socket again, so the ClientHello's bytes keep their order.
             loop.call_soon(loop.call_soon, _deliver, raw, data)
-        task.add_done_callback(lambda done: self._tls_started(raw, done))
+        task.add_done_callback(self.tls_started)
 
-    def _tls_started(self, raw: asyncio.Transport, done: asyncio.Task[Any]) -> None:
-        pending = bytes(self._pending_tls or b"")
-        self._pending_tls = None
+    def tls_started(self, done: asyncio.Task[Any]) -> None:
+        pending = bytes(self.pending_tls or b"")
+        self.pending_tls = None
         error = None if done.cancelled() else done.exception()
         if error is not None or done.cancelled():
-            self._raw = None
-            for name in _HEADER_PHASE:
-                self.__dict__.pop(name, None)
+            self.connection = None
             if not isinstance(error, ConnectionError):  # a peer that left is not logged
                 log_rejection(
-                    raw.get_extra_info("peername"),
+                    self.transport.get_extra_info("peername"),
                     ProxyProtocolError(f"TLS handshake after the PROXY header failed: {error}"),
                 )
-            raw.abort()
+            self.transport.abort()
             return
-        if self._raw is None:  # the connection ended right after the handshake
+        connection, self.connection = self.connection, None
+        if connection is None:  # the connection ended right after the handshake
             return
-        self._connect(done.result(), pending)
+        connection._start(done.result(), self.state(True), pending)
 
 
 class _HeaderDeadlines:
@@ -286,27 +325,22 @@ class _HeaderDeadlines:
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self.tick = 0
-        self.waiting: set[ProxyProtocolConnection] = set()
+        self.waiting: set[_HeaderReader] = set()
 
-    def watch(self, connection: ProxyProtocolConnection, timeout: float) -> None:
-        """Time out ``connection``'s header after ``timeout`` s, unless it leaves ``waiting``."""
+    def watch(self, reader: _HeaderReader, timeout: float) -> None:
+        """Time out ``reader``'s header after ``timeout`` s, unless it leaves ``waiting``."""
         # One sweep more than the timeout spans: part of the current interval has passed.
-        connection._deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
-        self.waiting.add(connection)
+        reader.deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
+        self.waiting.add(reader)
         if self._timer is None:
             self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick
-        for connection in [c for c in self.waiting if c._deadline_tick <= tick]:
-            connection._header_timed_out()
+        for reader in [r for r in self.waiting if r.deadline_tick <= tick]:
+            reader.timed_out()
         self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if self.waiting else None
-
-
-def _closed_early() -> bool | None:
-    """End of stream before the header: let the transport close."""
-    return None
 
 
 def _is_ip_socket(transport: asyncio.BaseTransport) -> bool:
@@ -332,7 +366,8 @@ def _deliver(transport: asyncio.BaseTransport, data: bytes) -> None:
 def proxy_protocol(connection: ServerConnection) -> ProxyProtocolInfo | None:
     """The connection's PROXY header as ASGI's ``scope["extensions"]["proxy_protocol"]``
     holds it, or None when the connection came without one."""
-    return getattr(connection, "proxy_info", None)
+    proxied = getattr(connection, "proxied", None)
+    return None if proxied is None else proxied.as_dict()
 
 
 def connection_class(
@@ -341,8 +376,6 @@ def connection_class(
     """``create_connection`` (a ServerConnection subclass) reading a PROXY header first."""
     if create_connection is None:
         return ProxyProtocolConnection
-    if issubclass(create_connection, ProxyProtocolConnection):
-        return create_connection
     if not (
         isinstance(create_connection, type) and issubclass(create_connection, ServerConnection)
     ):

@@ -32,6 +32,7 @@ from ..blocking import receive_header, reject
 from ..errors import ConnectionClosed, ProxyProtocolError
 from ..header import Address, ProxyHeader, ProxyProtocolInfo
 from ..policy import TrustPolicy, environment_policy
+from . import ProxiedState
 
 __all__ = ["ProxyProtocolConnection", "proxy_protocol", "serve"]
 
@@ -56,12 +57,8 @@ class ProxyProtocolConnection(ServerConnection):
     tls_handshake_timeout: ClassVar[float | None] = 10.0
     """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
 
-    proxy_header: ProxyHeader | None = None
-    """The connection's PROXY header; None when it came without one."""
-    proxy_info: ProxyProtocolInfo | None = None
-    """The header as the ASGI extension holds it; see :func:`proxy_protocol`."""
-    _client: Address | None = None
-    _server: Address | None = None
+    proxied: ProxiedState | None = None
+    """The connection's header and what follows from it; None without a header."""
     _peer: Any = None
     """The socket's peer, as ``getpeername()`` told it before the connection started."""
 
@@ -101,7 +98,6 @@ class ProxyProtocolConnection(ServerConnection):
             sock.close()
             raise ConnectionClosed(f"connection reset before it was served ({error})") from None
         peer: Address | None = (name[0], name[1]) if isinstance(name, tuple) else None
-        self._peer = name
         try:
             header = receive_header(sock, policy, peer)
         except ProxyProtocolError as error:
@@ -109,27 +105,36 @@ class ProxyProtocolConnection(ServerConnection):
             raise
         if self.tls_context is not None:
             sock = _start_tls(sock, peer, self.tls_context, self.tls_handshake_timeout)
-        if header is not None:
-            self.proxy_header = header
-            self.proxy_info = header.as_dict(peer, tls=self.tls_context is not None)
-            if header.source is not None:
-                self._client = header.source
-                self._server = header.destination
+        # Two attributes, set in the same order for every connection (see ProxiedState).
+        self._peer = name
+        self.proxied = (
+            None if header is None else ProxiedState(header, peer, self.tls_context is not None)
+        )
         # The rest (the server, from websockets 16 on, and the options) is the library's.
         super().__init__(sock, protocol, *args, **kwargs)
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The connection's PROXY header; None when it came without one."""
+        proxied = self.proxied
+        return None if proxied is None else proxied.header
 
     @property
     def remote_address(self) -> Any:
         """The client's address: the header's, else the socket's peer (still known once
         the socket is closed)."""
-        client = self._client
-        return client if client is not None else self._peer
+        proxied = self.proxied
+        if proxied is not None and proxied.client is not None:
+            return proxied.client
+        return self._peer
 
     @property
     def local_address(self) -> Any:
         """The address the client reached: the header's, else the socket's own."""
-        server = self._server
-        return server if server is not None else super().local_address
+        proxied = self.proxied
+        if proxied is not None and proxied.server is not None:
+            return proxied.server
+        return super().local_address
 
 
 def _start_tls(
@@ -152,7 +157,8 @@ def _start_tls(
 def proxy_protocol(connection: ServerConnection) -> ProxyProtocolInfo | None:
     """The connection's PROXY header as ASGI's ``scope["extensions"]["proxy_protocol"]``
     holds it, or None when the connection came without one."""
-    return getattr(connection, "proxy_info", None)
+    proxied = getattr(connection, "proxied", None)
+    return None if proxied is None else proxied.as_dict()
 
 
 def connection_class(
