@@ -162,7 +162,9 @@ error:
 /* --- CRC32C (Castagnoli, reflected polynomial 0x82F63B78) ---------------------------- */
 
 static uint32_t crc32c_table[8][256]; /* slicing by 8 */
-static int crc32c_hardware;           /* SSE4.2's crc32 instruction is there */
+#ifdef HAVE_SSE42_CRC32C
+static int crc32c_hardware; /* SSE4.2's crc32 instruction is there */
+#endif
 static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
 
 static void
