@@ -63,7 +63,7 @@ def ask_over_tls(address: tuple[str, int], source: str) -> dict[str, object]:
         sock.sendall(encode_v1(CLIENT, ("203.0.113.7", 443)))
         with tls_client_context().wrap_socket(sock, server_hostname="localhost") as tls:
             tls.sendall(request("/over-tls", headers="Connection: close\r\n"))
-            scope: dict[str, object] = HttpReader(tls).response().json()  # type: ignore[assignment]
+            scope: dict[str, object] = HttpReader(tls).response().json()
     return scope
 
 
@@ -115,7 +115,7 @@ def test_a_flag_overrides_its_variable(tmp_path: Path) -> None:
         with sock:
             sock.sendall(encode_v1(CLIENT, ("203.0.113.7", 80)) + request("/"))
             scope = HttpReader(sock).response().json()
-    assert scope["client"] == list(CLIENT)  # type: ignore[index]
+    assert scope["client"] == list(CLIENT)
 
 
 # --- TLS after the header -----------------------------------------------------------------
