@@ -17,6 +17,8 @@ from .header import TLV, Address, Command, Family, ProxyHeader, TLVType, Transpo
 
 __all__ = ["encode", "encode_tlv", "encode_v1", "encode_v2", "ssl_tlv"]
 
+_ADDRESS_BLOCK = {Family.UNSPEC: 0, Family.INET: 12, Family.INET6: 36, Family.UNIX: 216}
+
 
 def _family_of(address: Address) -> Family:
     return Family.INET6 if ipaddress.ip_address(address[0]).version == 6 else Family.INET
@@ -89,12 +91,14 @@ def encode_v2(
     tlvs: Iterable[TLV | tuple[int, bytes]] = (),
     checksum: bool = False,
     unix: tuple[bytes, bytes] | None = None,
+    family: Family = Family.UNSPEC,
 ) -> bytes:
     """A v2 header.
 
     With no addresses the family is UNSPEC (with ``command=Command.LOCAL``, a health
-    check). ``unix`` gives the two socket paths of family UNIX. ``checksum`` appends a
-    CRC32C TLV computed over the whole header.
+    check), or ``family`` with its address block zeroed and transport UNSPEC (a header
+    that names a family but carries no addresses). ``unix`` gives the two socket paths
+    of family UNIX. ``checksum`` appends a CRC32C TLV computed over the whole header.
     """
     if unix is not None:
         family = Family.UNIX
@@ -104,8 +108,8 @@ def encode_v2(
     elif source is None or destination is None:
         if source is not None or destination is not None:
             raise ValueError("give both addresses, or neither for family UNSPEC")
-        family = Family.UNSPEC
-        block = b""
+        block = bytes(_ADDRESS_BLOCK[family])
+        transport = TransportProtocol.UNSPEC
     else:
         family = _family_of(source)
         if _family_of(destination) is not family:
@@ -117,8 +121,6 @@ def encode_v2(
             + _port(source).to_bytes(2, "big")
             + _port(destination).to_bytes(2, "big")
         )
-    if family is Family.UNSPEC:
-        transport = TransportProtocol.UNSPEC
     body = block + b"".join(encode_tlv(kind, value) for kind, value in tlvs)
     if checksum:
         body += encode_tlv(TLVType.CRC32C, b"\x00\x00\x00\x00")
@@ -150,4 +152,5 @@ def encode(header: ProxyHeader) -> bytes:
         tlvs=tlvs,
         checksum=checksum,
         unix=tuple(header.unix) if header.unix else None,  # type: ignore[arg-type]
+        family=header.family if header.command is Command.PROXY else Family.UNSPEC,
     )

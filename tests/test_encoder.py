@@ -129,6 +129,28 @@ def test_encode_v2_local_health_check_bytes() -> None:
     assert encode_v2(command=Command.LOCAL) == SIGNATURE + b"\x20\x00\x00\x00"
 
 
+@pytest.mark.parametrize(
+    ("family", "block"),
+    [
+        pytest.param(Family.INET, 12, id="inet"),
+        pytest.param(Family.INET6, 36, id="inet6"),
+        pytest.param(Family.UNIX, 216, id="unix"),
+    ],
+)
+def test_encode_v2_family_without_addresses_bytes(family: Family, block: int) -> None:
+    """A family with no addresses: its block zeroed, transport UNSPEC (the real ones apply)."""
+    data = encode_v2(family=family, tlvs=[(TLVType.ALPN, b"h2")])
+    assert data[:16] == SIGNATURE + bytes([0x21, family << 4]) + (block + 5).to_bytes(2, "big")
+    assert data[16:] == bytes(block) + b"\x01\x00\x02h2"
+    header = decoded(data).header
+    assert (header.family, header.transport, header.source, header.unix) == (
+        family,
+        TransportProtocol.UNSPEC,
+        None,
+        None,
+    )
+
+
 def test_encode_v2_unix_bytes() -> None:
     data = encode_v2(unix=(b"/run/a.sock", b"/run/b.sock"))
     assert data[:16] == SIGNATURE + b"\x21\x31\x00\xd8"
@@ -274,6 +296,10 @@ INET = ProxyHeader(
         pytest.param(
             ProxyHeader(2, Command.PROXY, Family.UNSPEC, TransportProtocol.UNSPEC, None, None),
             id="v2-proxy-unspec",
+        ),
+        pytest.param(
+            ProxyHeader(2, Command.PROXY, Family.INET6, TransportProtocol.UNSPEC, None, None),
+            id="v2-proxy-inet6-transport-unspec",
         ),
         pytest.param(
             ProxyHeader(2, Command.LOCAL, Family.UNSPEC, TransportProtocol.UNSPEC, None, None),
