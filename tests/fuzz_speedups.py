@@ -311,7 +311,7 @@ def run_atheris(extension_path: Path, seed: int, iterations: int, seconds: float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--extension", type=Path, required=True, help="the built _speedups .so")
-    parser.add_argument("--iterations", type=int, default=1_000_000, help="inputs at most")
+    parser.add_argument("--iterations", type=int, default=10**9, help="inputs at most")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds at most")
     parser.add_argument("--seed", type=int, default=None, help="seed (random by default)")
     parser.add_argument("--atheris", action="store_true", help="coverage-guided (atheris)")
