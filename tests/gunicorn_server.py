@@ -19,6 +19,7 @@ same settings.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from proxyproto_mw.wsgi import ProxyProtocolMiddleware
 from tests import apps
 from tests.haproxy import free_port
 from tests.servers import REPOSITORY, AppServer, LogMark, clean_environment
@@ -38,6 +40,8 @@ __all__ = [
     "WORKER_PID",
     "WSGI_ALLOW_FROM",
     "WSGI_APP",
+    "WSGI_FORWARDING_APP",
+    "forwarding_app",
     "Gunicorn",
     "WsgiGunicorn",
     "app",
@@ -264,20 +268,26 @@ class WsgiGunicorn(Gunicorn):
         workers: int = 2,
         env: Mapping[str, str] | None = None,
         extra: Sequence[str] = (),
+        unix_socket: Path | None = None,
+        app: str = WSGI_APP,
     ) -> None:
         port = free_port()
+        binds = [f"127.0.0.1:{port}"]
+        if unix_socket is not None:
+            binds.append(f"unix:{unix_socket}")
         argv = gunicorn_argv(
-            [f"127.0.0.1:{port}"],
+            binds,
             worker=worker,
             workers=workers,
             allow_from=WSGI_ALLOW_FROM,
             extra=["--threads", str(threads), "--access-logfile", "-", *extra],
-            app=WSGI_APP,
+            app=app,
         )
         short = worker.rpartition(".")[2]
         super().__init__(
             workdir, worker=worker, workers=workers, port=port, argv=argv, env=env, name=short
         )
+        self.unix_socket = unix_socket
 
     def booted(self) -> set[int]:
         """The workers that have started (WSGI workers log no application start-up)."""
@@ -291,6 +301,19 @@ class WsgiGunicorn(Gunicorn):
     def access_mark(self) -> LogMark:
         """A mark in stdout, gunicorn's access log (``--access-logfile -``)."""
         return LogMark(self.stdout_path)
+
+
+def _forwarding(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The client address and the forwarding headers the app sees, as JSON."""
+    keys = ("REMOTE_ADDR", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_FOR")
+    body = json.dumps({key: environ.get(key) for key in keys}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+forwarding_app = ProxyProtocolMiddleware(_forwarding, x_real_ip=True, x_forwarded_for="append")
+"""A WSGI app behind the WSGI middleware rewriting X-Real-IP and X-Forwarded-For as nginx."""
+WSGI_FORWARDING_APP = "tests.gunicorn_server:forwarding_app"
 
 
 def run_gunicorn_to_exit(

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,7 @@ from tests.clients import (
 )
 from tests.gunicorn_server import (
     WSGI_APP,
+    WSGI_FORWARDING_APP,
     Gunicorn,
     WsgiGunicorn,
     gunicorn_argv,
@@ -545,6 +547,83 @@ def test_missing_header_on_the_tls_port_is_refused(ours_tls: WsgiGunicorn) -> No
         with pytest.raises((ssl.SSLError, OSError)):
             context.wrap_socket(raw, server_hostname="localhost")
     assert_one_warning(mark, peer, "no PROXY header from trusted peer")
+
+
+# --- 5b. -b unix: a client without an IP address ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unix_optional(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsgiGunicorn]:
+    """This package's worker also bound to a UNIX socket (whose peers are trusted), mode
+    optional, serving an app behind the WSGI middleware (X-Real-IP, X-Forwarded-For append)."""
+    workdir = tmp_path_factory.mktemp(f"unix-{kind}")
+    with WsgiGunicorn(
+        workdir,
+        OURS[kind],
+        threads=THREADS[kind],
+        env={"PROXYPROTO_MODE": "optional", "PROXYPROTO_TIMEOUT": "3"},
+        unix_socket=workdir / "app.sock",
+        app=WSGI_FORWARDING_APP,
+    ) as server:
+        yield server
+    no_errors(server)
+
+
+def unix_exchange(path: Path, pieces: Sequence[bytes], delay: float = 0.0) -> JSON:
+    """Send ``pieces`` over a UNIX socket, ``delay`` seconds apart; the JSON answer."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        for index, piece in enumerate(pieces):
+            if index and delay:
+                time.sleep(delay)
+            sock.sendall(piece)
+        return HttpReader(sock).response().json()
+
+
+FORGED = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        encode_v2(unix=(b"/run/client.sock", b"/run/app.sock")),
+        encode_v2(command=Command.LOCAL),
+        b"",
+    ],
+    ids=["v2-unix", "v2-local", "no-header"],
+)
+def test_unix_socket_client_is_forwarded_as_unix(
+    unix_optional: WsgiGunicorn, header: bytes
+) -> None:
+    """Nobody on the connection has an IP address: X-Forwarded-For ends with ``unix:`` (as
+    nginx writes it), never with what the client wrote, and its X-Real-IP is removed."""
+    assert unix_optional.unix_socket is not None
+    seen = unix_exchange(unix_optional.unix_socket, [header + request(headers=FORGED)])
+    assert seen == {
+        "REMOTE_ADDR": "",
+        "HTTP_X_REAL_IP": None,
+        "HTTP_X_FORWARDED_FOR": "6.6.6.6, unix:",
+    }
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_unix_socket_signature_in_pieces_in_optional_mode(
+    unix_optional: WsgiGunicorn, version: int
+) -> None:
+    """Until the signature is whole, the first bytes could be a request's and stay on the
+    socket; a UNIX socket cannot be told to wake only for more, so gthread finishes such a
+    header in a pool thread. Either way the header is read and its client served."""
+    assert unix_optional.unix_socket is not None
+    header = HEADERS[version]
+    cut = 4 if version == 1 else 8
+    pieces = [header[:cut], header[cut:] + request(headers=FORGED)]
+    seen = unix_exchange(unix_optional.unix_socket, pieces, delay=0.3)
+    assert seen == {
+        "REMOTE_ADDR": CLIENT[0],
+        "HTTP_X_REAL_IP": CLIENT[0],
+        "HTTP_X_FORWARDED_FOR": f"6.6.6.6, {CLIENT[0]}",
+    }
 
 
 # --- 6. settings ------------------------------------------------------------------------------
