@@ -136,7 +136,7 @@ def test_haproxy_v2_health_check_is_local(tmp_path: Path) -> None:
             haproxy_defaults(tmp_path)
             + f"""\
 backend checked
-    server inspect 127.0.0.1:{shown.address[1]} send-proxy-v2 check inter 10s
+    server inspect 127.0.0.1:{shown.address[1]} send-proxy-v2 check inter 1s
 """
         )
         with HAProxy(config, tmp_path, ports=[]):
