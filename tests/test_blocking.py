@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import selectors
 import socket
 import ssl
 import struct
@@ -42,8 +43,8 @@ from proxyproto_mw import (
     encode_v2,
     ssl_tlv,
 )
-from proxyproto_mw.blocking import receive_header, reject
-from proxyproto_mw.decoder import V1_MAX_LENGTH, V2_MAX_LENGTH
+from proxyproto_mw.blocking import HeaderReader, finish_header, receive_header, reject
+from proxyproto_mw.decoder import NEED_DATA, V1_MAX_LENGTH, V2_MAX_LENGTH
 from proxyproto_mw.errors import ConnectionClosed
 
 pytestmark = pytest.mark.timeout(30)
@@ -300,6 +301,80 @@ def test_waiting_for_a_stalled_header_reads_nothing_more(
     # Before the 1 s stall: a peek, then (when bytes stay) one more to set the threshold;
     # after it: one peek, the take. A polling loop would have peeked about 200 times.
     assert len(calls) <= 6, calls
+
+
+# --- HeaderReader driven by a selector, as gunicorn's gthread worker drives it -------------
+
+
+def drive(reader: HeaderReader, timeout: float = 5.0) -> tuple[ProxyHeader | None, int]:
+    """Call ``reader.read()`` whenever a selector says its socket is readable, as an event
+    loop does; the header and how many times the socket woke the loop."""
+    wakes = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(reader.sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while True:
+            result = reader.read()
+            if result is not NEED_DATA:
+                return result, wakes
+            assert not reader.stalled
+            assert selector.select(deadline - time.monotonic()), "no header in time"
+            wakes += 1
+
+
+@pytest.mark.parametrize(
+    "name, policy",
+    [
+        ("v1", LOOPBACK),
+        ("v2-tlvs-crc32c", LOOPBACK),
+        ("v1", TrustPolicy(trusted="127.0.0.0/8", mode="optional", timeout=3)),
+        ("v2", TrustPolicy(trusted="127.0.0.0/8", mode="optional", timeout=3)),
+    ],
+    ids=["v1-require", "v2-require", "v1-optional", "v2-optional"],
+)
+def test_reader_in_an_event_loop_wakes_once_per_piece(name: str, policy: TrustPolicy) -> None:
+    """A non-blocking socket, a header sent 3 bytes at a time: the loop wakes about once per
+    piece (never spins on bytes it has seen), and leaves the payload on the socket."""
+    header = HEADERS[name]
+    pieces = pieces_of(header, 3)
+    with tcp_connection() as (server, client):
+        server.setblocking(False)
+        reader = HeaderReader.start(server, policy, peer_of(server))
+        assert reader is not None
+        sender = Sender(client, [*pieces, PAYLOAD], 0.01, close=True)
+        sender.start()
+        received, wakes = drive(reader)
+        server.setblocking(True)
+        rest = read_to_end(server)
+        sender.finish()
+    assert received == _header_of(header)
+    assert rest == PAYLOAD
+    # One wake per piece, one more per piece while a signature is incomplete (the socket is
+    # then told to wake only for more bytes), none for bytes already seen.
+    assert wakes <= len(pieces) + 6, (wakes, len(pieces))
+
+
+def test_reader_on_a_unix_socket_says_when_it_cannot_wait_for_more() -> None:
+    """Mode optional on a UNIX socket, half a signature in: the bytes stay on the socket,
+    which stays readable, so the reader reports itself stalled; finish_header then ends
+    the header once the rest arrives."""
+    policy = TrustPolicy(trusted="*", mode="optional", timeout=3)
+    server, client = socket.socketpair()
+    with server, client:
+        server.setblocking(False)
+        reader = HeaderReader.start(server, policy, None)
+        assert reader is not None
+        client.sendall(HEADERS["v1"][:4])
+        assert reader.read() is NEED_DATA
+        assert not reader.stalled
+        assert reader.read() is NEED_DATA  # readable, nothing new
+        assert reader.stalled
+        sender = Sender(client, [b"", HEADERS["v1"][4:] + PAYLOAD], 0.2, close=True)
+        sender.start()
+        assert finish_header(reader) == _header_of(HEADERS["v1"])
+        server.setblocking(True)
+        assert read_to_end(server) == PAYLOAD
+        sender.finish()
 
 
 # --- no header --------------------------------------------------------------------------
