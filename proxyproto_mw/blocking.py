@@ -31,7 +31,7 @@ from .errors import ConnectionClosed, ProxyProtocolError
 from .header import Address, ProxyHeader
 from .policy import Admission, TrustPolicy, log_rejection
 
-__all__ = ["HeaderReader", "receive_header", "reject"]
+__all__ = ["HeaderReader", "finish_header", "receive_header", "reject"]
 
 _POLL_INTERVAL: Final = 0.005
 """Seconds between checks of a socket that cannot be told to wake only for more bytes."""
@@ -50,7 +50,9 @@ class HeaderReader:
     raises the admission's :class:`~proxyproto_mw.errors.ProxyProtocolError` when the
     connection must be closed, and :class:`~proxyproto_mw.errors.ConnectionClosed` when
     the peer goes away first. The header timeout is the caller's to enforce: see
-    :attr:`deadline` and :meth:`timed_out`.
+    :attr:`deadline` and :meth:`timed_out`. The socket must be non-blocking, or blocking
+    without a timeout (with one, Python waits in ``recv`` before the kernel sees
+    ``MSG_DONTWAIT``).
     """
 
     __slots__ = (
@@ -126,7 +128,7 @@ class HeaderReader:
             self._pending = len(peeked)
         return NEED_DATA
 
-    def _no_new_bytes(self) -> Literal[NeedData.NEED_DATA]:
+    def _no_new_bytes(self) -> ProxyHeader | Literal[NeedData.NEED_DATA] | None:
         """The socket was readable, yet holds only bytes fed already: the peer may have shut
         its side (a peek never shows the end of the stream behind unread bytes)."""
         if self._hung_up:  # already seen, and one more peek showed nothing new
@@ -136,7 +138,7 @@ class HeaderReader:
             hangup.register(self.sock, _POLLRDHUP)
             if hangup.poll(0):
                 self._hung_up = True  # bytes sent just before may be in: peek once more
-                return self.read()  # type: ignore[return-value]
+                return self.read()
         if self.sock.family in _TCP_FAMILIES:
             # Readable only once a byte more than those fed is in (or the peer hangs up).
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self._pending + 1)
