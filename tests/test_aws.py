@@ -23,6 +23,11 @@ from tests.servers import REPOSITORY, clean_environment
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
+# botocore reads AWS_ENDPOINT_URL from 1.31 (boto3 1.28) on; an older one would send the
+# command's requests to AWS itself instead of to moto.
+botocore = pytest.importorskip("botocore")
+if tuple(int(part) for part in botocore.__version__.split(".")[:2]) < (1, 31):
+    pytest.skip("botocore < 1.31 ignores AWS_ENDPOINT_URL", allow_module_level=True)
 
 COMMAND = [sys.executable, "-m", "proxyproto_mw.cli", "aws"]
 WITHOUT_BOTO3 = [
