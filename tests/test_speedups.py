@@ -724,7 +724,7 @@ def decode_many(decode: Callable[[bytes], object], rounds: int) -> None:
 def test_no_references_or_memory_leak() -> None:
     decode = c_module().decode
     watched: list[object] = [
-        *CONFIGURATION[:-1],
+        *CONFIGURATION,
         _decode_python,
         *LEAK_INPUTS,
         *FALLBACK_INPUTS,
