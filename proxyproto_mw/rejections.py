@@ -6,13 +6,17 @@ of :data:`WINDOW` seconds. Its further rejections in that window are counted, no
 written; so are all rejections once :data:`BUDGET` full lines have been written in the
 window, whoever sent them. The first rejection after the window has ended writes the
 counts: one line per peer and reason for the :data:`SUMMARIES` largest, one line for the
-rest. A client flooding a server with bad headers therefore costs the log about
-``BURST`` lines plus one per window, whatever its rate, and a spray from many source
-addresses at most ``BUDGET + SUMMARIES + 1`` lines per window; the table of counts keeps
-at most :data:`MAX_TRACKED` entries and is emptied with each window.
+rest. A peer and reason whose lines were counted in a window gets one full line, not
+``BURST``, in the window right after it, so that the log shows it is still going on.
+
+A client flooding a server with bad headers therefore costs the log ``BURST`` lines and
+one line of counts in its first window, then two lines per window, whatever its rate. A
+spray from many source addresses costs at most ``BUDGET + SUMMARIES + 1`` lines per
+window. The table of counts keeps at most :data:`MAX_TRACKED` entries and is emptied
+with each window.
 
 No thread or timer runs: the counts of a window appear with the next rejection after it,
-or when the process exits (:func:`atexit`), or when a server calls :meth:`flush`.
+when the process exits (``atexit``), or when a server calls :meth:`RejectionLog.flush`.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class RejectionLog:
         self._written = 0
         self._per_key: dict[_Key, list[int]] = {}  # key -> [written, suppressed]
         self._untracked = 0
+        self._flooding: frozenset[_Key] = frozenset()  # counted in the window just ended
 
     def reject(self, where: str, host: str, kind: str, reason: object) -> None:
         """Log (or count) that the connection from ``where`` is closed for ``reason``.
@@ -80,16 +85,18 @@ class RejectionLog:
         now = self._clock()
         with self._lock:
             summary = self._roll(now)
-            counts = self._per_key.get((host, kind))
+            key = (host, kind)
+            counts = self._per_key.get(key)
+            burst = 1 if key in self._flooding else self.burst
             if counts is None:
                 if len(self._per_key) < self.max_tracked:
-                    counts = self._per_key[host, kind] = [0, 0]
+                    counts = self._per_key[key] = [0, 0]
                 elif self._written < self.budget:
                     counts = [0, 0]  # written in full, but not counted one by one
-            if counts is not None and counts[0] < self.burst and self._written < self.budget:
+            if counts is not None and counts[0] < burst and self._written < self.budget:
                 counts[0] += 1
                 self._written += 1
-                last = counts[0] == self.burst or self._written == self.budget
+                last = counts[0] == burst or self._written == self.budget
             elif counts is not None:
                 counts[1] += 1
                 counts = None
@@ -129,6 +136,8 @@ class RejectionLog:
             reverse=True,
         )
         seconds = 0.0 if self._started is None else now - self._started
+        # Still flooding if the next window follows right after this one.
+        self._flooding = frozenset(key for _, key in suppressed if seconds < 2 * self.window)
         untracked = self._untracked
         self._per_key = {}
         self._untracked = 0

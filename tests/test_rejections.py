@@ -88,8 +88,35 @@ def test_a_flood_from_one_peer_is_counted_then_summed_up(
     assert lines[BURST:] == [
         f"suppressed {5000 - BURST} more rejections from 10.0.0.1 (InvalidHeader) "
         f"in the last {WINDOW:.0f} s",
-        "closing connection from 10.0.0.1:1: bad port",  # a new window, a new first line
+        # The flood goes on in the next window: one full line, then counts.
+        "closing connection from 10.0.0.1:1: bad port (more such lines within 10 s are "
+        "counted, not written)",
     ]
+    for number in range(999):
+        log.reject(f"10.0.0.1:{number}", "10.0.0.1", "InvalidHeader", "bad port")
+    clock.now += WINDOW
+    log.reject("10.0.0.1:2", "10.0.0.1", "InvalidHeader", "bad port")
+    assert lines_of(stream)[BURST + 2 :] == [
+        "suppressed 999 more rejections from 10.0.0.1 (InvalidHeader) in the last 10 s",
+        "closing connection from 10.0.0.1:2: bad port (more such lines within 10 s are "
+        "counted, not written)",
+    ]
+
+
+def test_after_a_quiet_window_a_peer_gets_its_first_lines_again(
+    logged: tuple[RejectionLog, Clock, io.StringIO],
+) -> None:
+    log, clock, stream = logged
+    for _ in range(BURST + 5):
+        log.reject("10.0.0.1:1", "10.0.0.1", "MissingHeader", "no PROXY header")
+    clock.now += 3 * WINDOW  # a window without a rejection in between
+    for _ in range(BURST):
+        log.reject("10.0.0.1:1", "10.0.0.1", "MissingHeader", "no PROXY header")
+    lines = lines_of(stream)
+    assert lines[BURST] == (
+        "suppressed 5 more rejections from 10.0.0.1 (MissingHeader) in the last 30 s"
+    )
+    assert len(lines) == 2 * BURST + 1
 
 
 def test_flush_writes_the_counts_of_the_window(
