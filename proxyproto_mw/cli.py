@@ -1,256 +1,69 @@
-"""``proxyproto-mw serve``: uvicorn with the PROXY protocol, TLS behind the header included.
+"""The ``proxyproto-mw`` command: ``serve``, ``inspect``, ``probe`` and ``aws``.
 
-``proxyproto-mw serve APP [--proxy-trusted ...] [--proxy-mode ...] [--proxy-timeout ...]
-[any uvicorn option]`` runs uvicorn with this package's protocol classes. The PROXY
-options override the ``PROXYPROTO_*`` variables and are handed to uvicorn's worker and
-reload processes through them. With ``--ssl-keyfile`` / ``--ssl-certfile`` the header is
-read in clear first and TLS starts after it on the same connection, as behind an ELB TCP
-listener on 443 or nginx's ``listen 443 proxy_protocol ssl``.
+Each command lives in its own module, imported when it is run (or listed by ``--help``), so
+that ``inspect`` and ``probe`` work without uvicorn and ``aws`` without boto3; a command
+whose server is not installed says what to install.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import platform
-import ssl
-from importlib.metadata import version as installed_version
-from importlib.util import find_spec
-from typing import Any
+import importlib
 
 import click
-from uvicorn.config import create_ssl_context
-from uvicorn.main import main as uvicorn_main
 
 from . import __version__
-from .errors import ConfigurationError
-from .policy import (
-    DEFAULT_TIMEOUT,
-    DEFAULT_TRUSTED,
-    MODE_VARIABLE,
-    TIMEOUT_VARIABLE,
-    TRUSTED_VARIABLE,
-    Mode,
-    TrustPolicy,
-)
 
-__all__ = ["main", "serve"]
+__all__ = ["COMMANDS", "main"]
 
-TLS_VARIABLE = "PROXYPROTO_SERVE_TLS"
-"""Set by ``serve`` for its own processes: uvicorn's SSL options, as JSON."""
-
-_SSL_OPTIONS = (
-    "ssl_keyfile",
-    "ssl_certfile",
-    "ssl_keyfile_password",
-    "ssl_version",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ciphers",
-)
-
-_HTTP_CHOICES = ("auto", "h11", "httptools")
-_LEFT_OUT = frozenset({"http", "http2", "version"})
-"""uvicorn options ``serve`` replaces (``--http``, ``--version``) or cannot offer
-(``--http2`` needs uvicorn's own zttp protocol, which reads no PROXY header)."""
+COMMANDS = {
+    "serve": ("proxyproto_mw.serve:serve", "uvicorn", "proxyproto-mw[uvicorn]"),
+    "inspect": ("proxyproto_mw.inspector:inspect_command", None, None),
+    "probe": ("proxyproto_mw.probe:probe_command", None, None),
+    "aws": ("proxyproto_mw.aws:aws_group", None, None),
+}
+"""Command name: (``module:attribute``, the import it needs, the install that brings it)."""
 
 
-def _tls_context_from_environment() -> ssl.SSLContext | None:
-    raw = os.environ.get(TLS_VARIABLE)
-    if not raw:
-        return None
-    options = json.loads(raw)
-    return create_ssl_context(
-        certfile=options["ssl_certfile"],
-        keyfile=options["ssl_keyfile"],
-        password=options["ssl_keyfile_password"],
-        ssl_version=options["ssl_version"],
-        cert_reqs=options["ssl_cert_reqs"],
-        ca_certs=options["ssl_ca_certs"],
-        ciphers=options["ssl_ciphers"],
-    )
+class _Commands(click.Group):
+    """A group whose commands are imported on first use."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
 
-def _protocol_class(choice: str, tls_context: ssl.SSLContext | None) -> Any:
-    """This package's uvicorn protocol for ``--http``: httptools when installed (``auto``)."""
-    has_httptools = find_spec("httptools") is not None
-    if choice == "httptools" and not has_httptools:
-        raise click.UsageError(
-            "--http httptools: httptools is not installed "
-            "(pip install httptools, or use --http h11)"
-        )
-    # Imported here: the httptools protocol exists only where httptools does.
-    from . import uvicorn as protocols  # noqa: PLC0415
-
-    if choice == "h11" or not has_httptools:
-        return protocols.H11Protocol.with_policy(None, tls_context=tls_context)
-    return protocols.HttpToolsProtocol.with_policy(None, tls_context=tls_context)
-
-
-def _policy(
-    proxy_trusted: str | None, proxy_mode: str | None, proxy_timeout: float | None
-) -> TrustPolicy:
-    """The policy of the flags, each overriding its ``PROXYPROTO_*`` variable; an error
-    names the flag or the variable that holds the bad value."""
-    if proxy_trusted is not None and not proxy_trusted.strip(" ,"):
-        raise click.UsageError("--proxy-trusted is empty: list the load balancers' addresses")
-    overridden = {
-        TRUSTED_VARIABLE: proxy_trusted is not None,
-        MODE_VARIABLE: proxy_mode is not None,
-        TIMEOUT_VARIABLE: proxy_timeout is not None,
-    }
-    environ = {
-        name: os.environ[name]
-        for name, flag_given in overridden.items()
-        if not flag_given and name in os.environ
-    }
-    try:
-        return TrustPolicy.from_environ(
-            environ,
-            trusted=DEFAULT_TRUSTED if proxy_trusted is None else proxy_trusted,
-            mode=Mode.REQUIRE if proxy_mode is None else proxy_mode,
-            timeout=DEFAULT_TIMEOUT if proxy_timeout is None else proxy_timeout,
-            setting=TRUSTED_VARIABLE if proxy_trusted is None else "--proxy-trusted",
-        )
-    except ConfigurationError as error:
-        message = str(error)
-        # What is still named after the policy's field came from a flag.
-        for field, flag in (("mode:", "--proxy-mode:"), ("timeout:", "--proxy-timeout:")):
-            if message.startswith(field):
-                message = flag + message[len(field) :]
-        raise click.UsageError(message) from None
-
-
-def _serve(
-    proxy_trusted: str | None,
-    proxy_mode: str | None,
-    proxy_timeout: float | None,
-    http: str,
-    **uvicorn_options: Any,
-) -> None:
-    policy = _policy(proxy_trusted, proxy_mode, proxy_timeout)
-    # uvicorn's worker and reload processes read the policy from the environment.
-    for variable, value in (
-        (TRUSTED_VARIABLE, proxy_trusted),
-        (MODE_VARIABLE, proxy_mode),
-        (TIMEOUT_VARIABLE, None if proxy_timeout is None else repr(proxy_timeout)),
-    ):
-        if value is not None:
-            os.environ[variable] = value
-    tls = {name: uvicorn_options[name] for name in _SSL_OPTIONS}
-    context = None
-    if tls["ssl_certfile"]:
-        os.environ[TLS_VARIABLE] = json.dumps(tls)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        target, needs, install = COMMANDS[cmd_name]
+        module_name, attribute = target.split(":")
         try:
-            context = _tls_context_from_environment()
-        except (OSError, ssl.SSLError) as error:
-            raise click.UsageError(f"cannot load the TLS certificate or key: {error}") from None
-    elif tls["ssl_keyfile"]:
-        raise click.UsageError("--ssl-keyfile needs --ssl-certfile")
-    else:
-        os.environ.pop(TLS_VARIABLE, None)
-    for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"):
-        uvicorn_options[name] = None
-    uvicorn_options["http"] = _protocol_class(http, context)
-    for param in uvicorn_main.params:
-        if param.name in _LEFT_OUT and param.expose_value and param.name != "http":
-            uvicorn_options[param.name] = param.default
-    if context is not None:
-        logging.getLogger("uvicorn.error").addFilter(_announce_https)
-    click.echo(f"proxyproto-mw: {policy!r}, TLS {'on' if context else 'off'}", err=True)
-    assert uvicorn_main.callback is not None
-    uvicorn_main.callback(**uvicorn_options)
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            if needs is None or error.name is None or error.name.split(".")[0] != needs:
+                raise
+            return _missing(cmd_name, needs, install or needs)
+        command: click.Command = getattr(module, attribute)
+        return command
 
 
-def _announce_https(record: logging.LogRecord) -> bool:
-    """uvicorn announces ``http://`` because TLS is ours, not its: say ``https://``."""
-    if (
-        isinstance(record.msg, str)
-        and record.msg.startswith("Uvicorn running on")
-        and isinstance(record.args, tuple)
-        and record.args[:1] == ("http",)
-    ):
-        record.args = ("https", *record.args[1:])
-    return True
+def _missing(name: str, needs: str, install: str) -> click.Command:
+    """A stand-in for a command whose server is not installed: it says what to install."""
 
+    def fail() -> None:
+        raise click.UsageError(f"{name} needs {needs}: pip install '{install}'")
 
-def _print_version(context: click.Context, _param: click.Parameter, value: bool) -> None:
-    if not value or context.resilient_parsing:
-        return
-    click.echo(
-        f"proxyproto-mw {__version__} (uvicorn {installed_version('uvicorn')}, "
-        f"{platform.python_implementation()} {platform.python_version()} on {platform.system()})"
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"(needs {needs}: pip install '{install}')",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
-    context.exit()
 
 
-serve = click.Command(
-    "serve",
-    callback=_serve,
-    help=(
-        "Run APP with uvicorn behind a PROXY protocol sender (ELB, NLB, HAProxy). "
-        "Takes uvicorn's options; --ssl-* serve TLS after the PROXY header."
-    ),
-    params=[
-        click.Option(
-            ["--proxy-trusted"],
-            help=(
-                "Peers whose PROXY header is believed: IPs, CIDRs or '*' (comma-separated). "
-                f"[env {TRUSTED_VARIABLE}; default: 127.0.0.1,::1]"
-            ),
-        ),
-        click.Option(
-            ["--proxy-mode"],
-            type=click.Choice([mode.value for mode in Mode]),
-            help=(
-                "require: trusted peers must send a header; optional: they may; off: no "
-                f"header is read. [env {MODE_VARIABLE}; default: require]"
-            ),
-        ),
-        click.Option(
-            ["--proxy-timeout"],
-            type=float,
-            help=(
-                "Seconds a header may take to arrive, at least 3. "
-                f"[env {TIMEOUT_VARIABLE}; default: {DEFAULT_TIMEOUT:g}]"
-            ),
-        ),
-        click.Option(
-            ["--http"],
-            type=click.Choice(_HTTP_CHOICES),
-            default="auto",
-            show_default=True,
-            help="HTTP parser: auto is httptools when it is installed, else h11.",
-        ),
-        click.Option(
-            ["--version"],
-            is_flag=True,
-            expose_value=False,
-            is_eager=True,
-            callback=_print_version,
-            help="Show the versions of proxyproto-mw, uvicorn and Python, and exit.",
-        ),
-        *(param for param in uvicorn_main.params if param.name not in _LEFT_OUT),
-    ],
-)
-
-
-@click.group()
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="proxyproto-mw")
 def main() -> None:
     """PROXY protocol for Python web servers."""
 
-
-main.add_command(serve)
-
-from .aws import aws_group  # noqa: E402
-from .inspector import inspect_command  # noqa: E402
-from .probe import probe_command  # noqa: E402
-
-main.add_command(inspect_command)
-main.add_command(probe_command)
-main.add_command(aws_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -222,3 +222,34 @@ def test_tls_with_workers_keeps_the_key_password_out_of_every_environment(
         assert len(processes) >= 3
         for pid in processes:
             assert password.encode() not in _environ(pid)
+
+
+# --- without uvicorn ----------------------------------------------------------------------
+
+WITHOUT_UVICORN = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['uvicorn'] = None; from proxyproto_mw.cli import main; main()",
+]
+"""``proxyproto-mw`` where uvicorn cannot be imported (``pip install proxyproto-mw``)."""
+
+
+def test_without_uvicorn_help_lists_every_command() -> None:
+    completed = run_to_exit([*WITHOUT_UVICORN, "--help"])
+    assert completed.returncode == 0
+    for command in ("aws", "inspect", "probe"):
+        assert f"  {command} " in completed.stdout
+    assert "serve    (needs uvicorn: pip install 'proxyproto-mw[uvicorn]')" in completed.stdout
+
+
+def test_without_uvicorn_serve_says_what_to_install() -> None:
+    completed = run_to_exit([*WITHOUT_UVICORN, "serve", "tests.apps:app"])
+    assert completed.returncode == 2
+    assert "serve needs uvicorn: pip install 'proxyproto-mw[uvicorn]'" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_without_uvicorn_inspect_runs() -> None:
+    completed = run_to_exit([*WITHOUT_UVICORN, "inspect", "--help"])
+    assert completed.returncode == 0
+    assert "--port" in completed.stdout
