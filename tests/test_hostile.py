@@ -122,9 +122,11 @@ def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
     assert server.running, server.stderr()[-5000:]
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     assert failed == [], failed[:10]
-    judged = [(o, judge(o)) for o in outcomes if isinstance(o, Outcome)]
+    judged = [(o, judge(o, float(HEADER_TIMEOUT))) for o in outcomes if isinstance(o, Outcome)]
     wrong = [
-        f"#{o.attempt.number} {o.attempt.kind} from {o.attempt.source}: {why}"
+        f"#{o.attempt.number} {o.attempt.kind} from {o.attempt.source} in "
+        f"{len(o.attempt.cuts) + 1} pieces, sent within {o.sent_after:.2f} s, ended after "
+        f"{o.ended_after:.2f} s: {why}"
         for o, why in judged
         if why
     ]
@@ -137,6 +139,7 @@ def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
     assert sources[UNTRUSTED_SOURCE] > CONNECTIONS // 4, sources
     served = sum(o.received.startswith(b"HTTP/1.1 200") for o, _ in judged)
     silent = sum(not o.received for o, _ in judged)
+    slow = sum(o.sent_after >= float(HEADER_TIMEOUT) for o, _ in judged)
     assert served > CONNECTIONS // 10 and silent > CONNECTIONS // 3, (served, silent)
 
     # The server is up, serves, and let go of every connection and what it held for it.
@@ -145,7 +148,7 @@ def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
     end_kib = resident_kib(pid)
     print(
         f"\n{CONNECTIONS} hostile connections in {elapsed:.1f} s: {served} served, {silent} "
-        f"closed without a byte; RSS {start_kib} -> {end_kib} KiB, descriptors "
+        f"closed without a byte, {slow} sent slower than the header timeout; RSS {start_kib} -> {end_kib} KiB, descriptors "
         f"{start_descriptors} -> {end_descriptors}"
     )
     assert end_descriptors == start_descriptors
