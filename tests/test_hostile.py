@@ -148,8 +148,8 @@ def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
     end_kib = resident_kib(pid)
     print(
         f"\n{CONNECTIONS} hostile connections in {elapsed:.1f} s: {served} served, {silent} "
-        f"closed without a byte, {slow} sent slower than the header timeout; RSS {start_kib} -> {end_kib} KiB, descriptors "
-        f"{start_descriptors} -> {end_descriptors}"
+        f"closed without a byte, {slow} sent slower than the header timeout; RSS "
+        f"{start_kib} -> {end_kib} KiB, descriptors {start_descriptors} -> {end_descriptors}"
     )
     assert end_descriptors == start_descriptors
     assert end_kib - start_kib < RSS_MARGIN_KIB, (start_kib, end_kib)
