@@ -312,6 +312,25 @@ def test_header_timeout(ours: WsgiGunicorn) -> None:
         assert [line for line in lines if re.search(pattern, line)], (pattern, lines)
 
 
+def test_refused_connections_free_their_place(tmp_path: Path) -> None:
+    """gthread refuses bad headers in the worker's main thread: each refused connection gives
+    its place back (``--worker-connections 8``, one worker), so that 40 refusals in a row
+    leave the worker accepting."""
+    with WsgiGunicorn(
+        tmp_path,
+        OURS["gthread"],
+        threads=2,
+        workers=1,
+        extra=["--worker-connections", "8"],
+    ) as server:
+        payload, _ = BAD_INPUT["v1-leading-zero"]
+        for _ in range(40):
+            send_and_assert_closed_silently(server.address, BALANCER, payload)
+        response, _ = exchange(server.address, BALANCER, HEADERS[1] + request("/after"))
+        assert_served_as_client(response.json())
+    no_errors(server)
+
+
 def test_a_late_header_holds_up_no_one_else(ours: WsgiGunicorn, kind: str) -> None:
     """Peers that have not sent their header yet hold one thread each (gthread: in the pool,
     not the thread that accepts; sync: the worker, and the other one serves)."""
