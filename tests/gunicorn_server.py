@@ -41,10 +41,10 @@ __all__ = [
     "WSGI_ALLOW_FROM",
     "WSGI_APP",
     "WSGI_FORWARDING_APP",
-    "forwarding_app",
     "Gunicorn",
     "WsgiGunicorn",
     "app",
+    "forwarding_app",
     "gunicorn_argv",
     "run_gunicorn_to_exit",
 ]
