@@ -15,7 +15,7 @@ costs little next to the server. Two patterns per server and round:
 - ``messages``: 16 connections, each sending 32 masked 16-byte text frames at a time and
   reading their 32 echoes, for ``--duration`` seconds: messages echoed per second, and the
   server's CPU (utime + stime from ``/proc/PID/stat``, all threads) per message;
-- ``connections``: 4 concurrent loops of connect, (PROXY v2 header,) opening handshake, one
+- ``connections``: one loop of connect, (PROXY v2 header,) opening handshake, one
   echo, closing handshake, for ``--duration`` seconds: connections per second and the
   server's CPU per connection. Sources rotate over 127.0.0.2-127.0.0.201 so that TIME_WAIT
   never runs out of ports.
@@ -32,9 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,7 +69,7 @@ PAYLOAD = b"0123456789abcdef"
 MASK = b"\x12\x34\x56\x78"
 BATCH = 32
 MESSAGE_CONNECTIONS = 16
-CHURN_LOOPS = 4
+CHURN_LOOPS = 1
 SOURCES = [f"127.0.0.{n}" for n in range(2, 202)]
 
 KINDS = ("asyncio", "sync")
@@ -394,6 +397,91 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# --- instructions per connection, under callgrind -----------------------------------------
+
+
+def _connect_sequentially(
+    port: int, first_bytes: Callable[[tuple[str, int]], bytes], n: int
+) -> None:
+    """``n`` connections, one after the other: handshake, one echo, closing handshake."""
+    for _ in range(n):
+        with socket.socket() as sock:
+            sock.settimeout(60)
+            # From one address, as the balancer connects: the policy's answer for it is
+            # cached after the first connection, as in production.
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(first_bytes(sock.getsockname()[:2]))
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"closed during the handshake: {response[:60]!r}")
+                response += chunk
+            if not response.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"no upgrade: {response[:60]!r}")
+            sock.sendall(MESSAGE + CLOSE)
+            while sock.recv(4096):  # the echo, the close frame, then the end of the stream
+                pass
+
+
+def instructions(kind: str, variant: str, count: int, workdir: Path) -> int:
+    """User-space instructions of a server (start-up included) that served ``count``
+    connections, counted by callgrind."""
+    port = _free_port()
+    out = workdir / f"callgrind.{kind}.{variant}.{count}"
+    argv = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, __file__, "--serve", kind, variant, str(port), str(workdir / "cpu"),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    with (workdir / f"{kind}.{variant}.{count}.log").open("wb") as log:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 180
+            while not _listening(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} {variant} did not start under valgrind")
+                time.sleep(0.2)
+            server = Server(kind, variant, port, process, workdir / "cpu")
+            _connect_sequentially(port, server.first_bytes, count)
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    match = re.search(r"^summary: (\d+)$", out.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no callgrind summary in {out}")
+    return int(match.group(1))
+
+
+def instructions_report(counts: tuple[int, int]) -> str:
+    """Instructions per connection, plain and proxied, each server: the difference between
+    two connection counts over their difference, so that start-up cancels out."""
+    low, high = counts
+    lines = [
+        f"Instructions per connection (callgrind, {low} and {high} sequential connections):",
+        "",
+        "| server | plain | proxied | ratio |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in KINDS:
+            cost = {}
+            for variant in VARIANTS:
+                total = instructions(kind, variant, high, Path(tmp))
+                cost[variant] = (total - instructions(kind, variant, low, Path(tmp))) / (high - low)
+            plain, proxied = cost["plain"], cost["proxied"]
+            ratio = proxied / plain
+            lines.append(
+                f"| {kind} | {plain / 1000:,.1f}k | {proxied / 1000:,.1f}k | {ratio:.3f} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     """Run the benchmark; exit status 1 if a goal is missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -401,11 +489,25 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s runs")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        nargs=2,
+        metavar=("N1", "N2"),
+        help="instead: instructions per connection under callgrind (needs valgrind)",
+    )
     parser.add_argument("--serve", nargs=4, help="internal: run one server")
     arguments = parser.parse_args()
     if arguments.serve:
         kind, variant, port, cpu_file = arguments.serve
-        serve(kind, variant, int(port), Path(cpu_file))
+        with contextlib.suppress(KeyboardInterrupt):  # the end of a callgrind run
+            serve(kind, variant, int(port), Path(cpu_file))
+        return 0
+    if arguments.instructions:
+        text = instructions_report(tuple(arguments.instructions))
+        print(text)
+        if arguments.out:
+            arguments.out.write_text(text)
         return 0
     rounds, duration = (1, 1.0) if arguments.quick else (arguments.rounds, arguments.duration)
     os.sched_setaffinity(0, {CLIENT_CPU})
