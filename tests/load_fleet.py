@@ -112,24 +112,22 @@ def connections_on_port(port: int) -> list[tuple[str, str]]:
     return found
 
 
-def lingering(port: int, prefix: str = "") -> list[tuple[str, str]]:
-    """Server-side sockets on ``port`` from peers starting with ``prefix`` that are neither
-    listening nor in TIME_WAIT (which holds no descriptor)."""
+def lingering(port: int) -> list[tuple[str, str]]:
+    """Server-side sockets on ``port`` that are neither listening nor in TIME_WAIT (which
+    holds no descriptor): connections not yet closed, or half closed (CLOSE_WAIT)."""
     return [
         (state, peer)
         for state, peer in connections_on_port(port)
-        if state not in ("LISTEN", "TIME_WAIT") and peer.startswith(prefix)
+        if state not in ("LISTEN", "TIME_WAIT")
     ]
 
 
-def wait_until_released(
-    server: Gunicorn, port: int, idle: int, prefix: str = "", timeout: float = 15.0
-) -> None:
-    """Wait (bounded) until no socket from ``prefix`` lingers on ``port`` and every worker
-    holds ``idle`` descriptors, as a worker without connections does."""
+def wait_until_released(server: Gunicorn, idle: int, timeout: float = 15.0) -> None:
+    """Wait (bounded) until no socket lingers on the server's port and every worker holds
+    ``idle`` descriptors, as a worker without connections does."""
     deadline = time.monotonic() + timeout
     while True:
-        left = lingering(port, prefix)
+        left = lingering(server.port)
         descriptors = {pid: open_descriptors(pid) for pid in server.worker_pids()}
         if not left and set(descriptors.values()) == {idle}:
             return

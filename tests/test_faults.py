@@ -235,7 +235,7 @@ def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
         health = haproxy_stats(stats_socket)[(BACKEND, "app")]
         # Nothing is left of the peers that went away, nor of any client's connection:
         # every worker, the replacement too, holds what an idle worker holds.
-        wait_until_released(server, server.port, idle)
+        wait_until_released(server, idle)
 
     sessions = churn.fleet.sessions
     print(
@@ -296,7 +296,7 @@ def test_peers_that_go_away_leave_nothing_half_open(tmp_path: Path, worker: str)
             go_away(sock, reset)
 
         (idle,) = set(baseline.values())
-        wait_until_released(server, server.port, idle)
+        wait_until_released(server, idle)
         # The workers still serve, and are the same workers.
         response, _ = exchange(server.address, "127.0.0.1", HEADER + request())
         assert response.status == 200

@@ -108,7 +108,7 @@ def test_two_thousand_websockets_each_see_their_own_source(tmp_path: Path) -> No
         health = haproxy_stats(stats_socket)[(BACKEND, "app")]
         assert server.worker_pids() == workers, "a worker died or was replaced under load"
         # Once the clients have closed, the workers hold what they held before.
-        wait_until_released(server, server.port, idle)
+        wait_until_released(server, idle)
 
     print(f"\n{CONNECTIONS} WebSockets, {MESSAGES} messages each: {elapsed:.1f} s")
     assert failures == [], failures[:10]
