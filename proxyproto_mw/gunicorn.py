@@ -368,10 +368,11 @@ class ThreadWorker(_ReadsHeader, _gthread.ThreadWorker):  # type: ignore[misc]
         connections whose header is late."""
         super().murder_pending()
         now = time.monotonic()
-        for conn in list(self._reading):
+        while self._reading:
+            conn = next(iter(self._reading))  # the oldest: the first to time out
             assert conn.reader is not None
             if conn.reader.deadline > now:
-                break  # the others arrived later
+                break
             self._refuse(conn, conn.reader.timed_out())
 
     def handle(self, conn: _Connection) -> Any:
