@@ -1,8 +1,8 @@
 """Hostile input: 10,000 connections with random and mutated headers, and slowloris.
 
-1. ``uvicorn --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (then ``H11Protocol``, and
-   httptools on uvloop) with ``PROXYPROTO_TRUSTED=127.0.0.1`` and a 3 s header timeout
-   takes 10,000 real connections, 200 at a time, from
+1. ``uvicorn --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (then ``H11Protocol``,
+   httptools on uvloop, and ``gunicorn -k proxyproto_mw.gunicorn.UvicornWorker -w 1``)
+   trusting 127.0.0.1 with a 3 s header timeout takes 10,000 real connections, 200 at a time, from
    :func:`tests.hostile_headers.hostile_attempts`: v1 and v2 headers, valid and mutated
    (lying lengths, bad CRC32C, flipped bytes, garbage, ...), sent in random pieces, each
    followed by a valid request; a third come from the untrusted 127.0.0.9 claiming
@@ -28,6 +28,7 @@ import collections
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ from tests.hostile_headers import (
     run_attempts,
 )
 from tests.load_fleet import bound_socket, open_descriptors, raise_open_files, resident_kib
-from tests.servers import Uvicorn
+from tests.servers import AppServer, Uvicorn
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,27 +83,56 @@ def good_request_served(address: tuple[str, int], number: int) -> None:
 # --- 1. 10,000 hostile connections --------------------------------------------------------------
 
 
+@dataclass
+class Target:
+    """A server under hostile input and the process that serves its connections."""
+
+    server: AppServer
+    pid: int
+    """uvicorn itself, or gunicorn's only worker."""
+
+    def alive(self) -> bool:
+        """Whether that process still runs (and, in gunicorn, is still the worker)."""
+        if isinstance(self.server, Uvicorn):
+            return self.server.running
+        assert isinstance(self.server, Gunicorn)
+        return self.server.worker_pids() == {self.pid}
+
+
 @pytest.fixture(
     params=[
         ("HttpToolsProtocol", "asyncio"),
         ("H11Protocol", "asyncio"),
         ("HttpToolsProtocol", "uvloop"),
+        ("UvicornWorker", "gunicorn"),
     ],
-    ids=["httptools", "h11", "httptools-uvloop"],
+    ids=["httptools", "h11", "httptools-uvloop", "gunicorn-UvicornWorker"],
 )
-def hostile_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Uvicorn]:
-    """uvicorn trusting 127.0.0.1 with a 3 s header timeout, started for each test."""
+def hostile_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """uvicorn, or gunicorn with one UvicornWorker, trusting 127.0.0.1 with a 3 s header
+    timeout, started for each test."""
     raise_open_files(8192)
-    http, loop = request.param
-    env = {"PROXYPROTO_TRUSTED": TRUSTED_SOURCE, "PROXYPROTO_TIMEOUT": HEADER_TIMEOUT}
-    with Uvicorn(tmp_path, http=http, loop=loop, env=env) as server:
-        yield server
+    protocol, runner = request.param
+    server: AppServer
+    if runner == "gunicorn":
+        server = Gunicorn(
+            tmp_path,
+            worker=protocol,
+            workers=1,
+            allow_from=TRUSTED_SOURCE,
+            env={"PROXYPROTO_TIMEOUT": HEADER_TIMEOUT},
+        )
+    else:
+        env = {"PROXYPROTO_TRUSTED": TRUSTED_SOURCE, "PROXYPROTO_TIMEOUT": HEADER_TIMEOUT}
+        server = Uvicorn(tmp_path, http=protocol, loop=runner, env=env)
+    with server:
+        (pid,) = server.worker_pids() if isinstance(server, Gunicorn) else {server.pid}
+        yield Target(server, pid)
 
 
 @pytest.mark.timeout(170)
-def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
-    server = hostile_server
-    pid = server.pid
+def test_ten_thousand_hostile_connections(hostile_server: Target) -> None:
+    server, pid = hostile_server.server, hostile_server.pid
     good_request_served(server.address, 0)
     time.sleep(0.2)
     start_descriptors = open_descriptors(pid)
@@ -119,7 +149,7 @@ def test_ten_thousand_hostile_connections(hostile_server: Uvicorn) -> None:
     )
     elapsed = time.monotonic() - started
 
-    assert server.running, server.stderr()[-5000:]
+    assert hostile_server.alive(), server.stderr()[-5000:]
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     assert failed == [], failed[:10]
     judged = [(o, judge(o, float(HEADER_TIMEOUT))) for o in outcomes if isinstance(o, Outcome)]
