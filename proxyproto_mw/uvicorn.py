@@ -1,89 +1,267 @@
-"""uvicorn protocols that read a PROXY header before HTTP, and keep its addresses through upgrades.
+"""uvicorn protocols that read a PROXY header, then hand the connection to uvicorn's own.
 
 ``uvicorn app:app --http proxyproto_mw.uvicorn:HttpToolsProtocol`` (or ``H11Protocol``)
 takes its :class:`~proxyproto_mw.policy.TrustPolicy` from the ``PROXYPROTO_*``
-environment variables; ``HttpToolsProtocol.with_policy(policy)`` makes a class that
-carries its own, for ``uvicorn.run(app, http=...)``.
+environment variables; ``HttpToolsProtocol.with_policy(policy, tls=...)`` makes a class
+that carries its own, for ``uvicorn.run(app, http=...)``, ``workers=N`` and ``reload``
+included (the class pickles as its policy's and TLS settings' arguments).
 
-Each connection first goes through the policy's admission. Once the header is in, the
-protocol becomes uvicorn's own HTTP protocol (its class is switched to one whose methods
-are uvicorn's), with the header's client and server addresses, from which uvicorn builds
-every request's scope and its access log. A WebSocket upgrade hands the new protocol a
-:class:`ProxiedTransport` reporting the same addresses. Later bytes go straight to
-uvicorn's parser. Connections whose header carries addresses skip uvicorn's
-``--proxy-headers`` rewriting, so a forged ``X-Forwarded-For`` cannot replace them.
+Each connection first meets a small protocol of ours, which applies the policy's
+admission to its first bytes. Once the header is in, it builds uvicorn's own HTTP protocol
+(``uvicorn.protocols.http.*``, unchanged), points the transport at it with
+``set_protocol``, and connects it through a :class:`ProxiedTransport`: a view of the real
+transport whose ``get_extra_info`` reports the header's addresses, from which uvicorn
+builds every request's scope, its access log and, on a WebSocket upgrade, the WebSocket
+protocol's addresses. Later bytes go from the real transport straight to uvicorn's parser.
+Connections whose header carries addresses skip uvicorn's ``--proxy-headers`` rewriting,
+so a forged ``X-Forwarded-For`` cannot replace them.
+
+:func:`check_start_up` is the start-up check: uvicorn runs it when it looks the class up
+(``--http proxyproto_mw.uvicorn:...``), before it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import logging
 import math
 import socket
 import ssl
-import sys
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
-from uvicorn.config import Config
-from uvicorn.logging import TRACE_LOG_LEVEL
+import click
+from uvicorn.config import STARTUP_FAILURE, Config, create_ssl_context
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
-from .header import ProxyHeader, ProxyProtocolInfo
+from .header import Address, ProxyHeader, ProxyProtocolInfo
 from .policy import Admission, Admitted, TrustPolicy, environment_policy, log_rejection, logger
 
 try:
     from uvicorn.protocols.http.httptools_impl import (
         HttpToolsProtocol as _UvicornHttpToolsProtocol,
     )
-except ImportError:  # pragma: no cover - httptools is an optional extra of uvicorn
+except ImportError:  # httptools is an optional extra of uvicorn
     _UvicornHttpToolsProtocol = None  # type: ignore[assignment, misc]
 
-__all__ = ["H11Protocol", "HttpToolsProtocol", "ProxiedTransport"]
+__all__ = [
+    "H11Protocol",
+    "HttpToolsProtocol",
+    "ProxiedTransport",
+    "ProxyProtocol",
+    "TLSSettings",
+    "check_start_up",
+]
 
-ASGIApp = Callable[..., Any]
-_P = TypeVar("_P", bound="_ProxyProtocolMixin")
+ASGIApp = Callable[..., Awaitable[None]]
+_P = TypeVar("_P", bound="ProxyProtocol")
+
+UVICORN_TLS_MESSAGE = (
+    "uvicorn's --ssl-* options put TLS in front of the protocol, so the PROXY header, which "
+    "is sent in clear before the TLS handshake, never reaches it. Run `proxyproto-mw serve "
+    "APP --ssl-keyfile ... --ssl-certfile ...` instead: it reads the header, then starts TLS "
+    "on the same connection."
+)
+HTTPTOOLS_MISSING_MESSAGE = (
+    "proxyproto_mw.uvicorn:HttpToolsProtocol needs httptools, which is not installed: "
+    "pip install httptools, or use proxyproto_mw.uvicorn:H11Protocol"
+)
+
+
+# --- TLS after the header --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS served after the PROXY header, as uvicorn's ``create_ssl_context`` takes it.
+
+    Plain values, so that a protocol class made by ``with_policy(policy, tls=...)`` pickles
+    with them into uvicorn's worker and reload processes (no environment variable holds
+    the key's password); each process builds its :class:`ssl.SSLContext` once.
+    """
+
+    certfile: str
+    keyfile: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl_version: int = ssl.PROTOCOL_TLS_SERVER
+    cert_reqs: int = ssl.CERT_NONE
+    ca_certs: str | None = None
+    ciphers: str | None = "TLSv1"
+    """uvicorn's default ``--ssl-ciphers``."""
+
+    def context(self) -> ssl.SSLContext:
+        """A server-side context; ``OSError`` / ``ssl.SSLError`` if a file cannot be loaded."""
+        return create_ssl_context(
+            certfile=self.certfile,
+            keyfile=self.keyfile,
+            password=self.password,
+            ssl_version=self.ssl_version,
+            cert_reqs=self.cert_reqs,
+            ca_certs=self.ca_certs,
+            ciphers=self.ciphers,
+        )
+
+
+# --- the view uvicorn's protocols are connected through ---------------------------------------
 
 
 class ProxiedTransport:
-    """A connection's transport as a WebSocket protocol should see it after an upgrade: the
-    addresses of the PROXY header.
+    """A connection that came with a PROXY header, as uvicorn's protocols see it.
 
-    ``get_extra_info`` answers ``peername`` / ``sockname`` from the header, ``socket`` with
-    None (so that nothing reads the balancer's address from the socket), and
-    ``proxy_protocol`` with the header; everything else is the real transport's own
-    method, bound once, so writes cost no extra call.
+    Given to uvicorn's HTTP protocol as its transport (and by it, on an upgrade, to the
+    WebSocket protocol): ``get_extra_info`` answers ``peername`` / ``sockname`` from the
+    header and ``socket`` with None (uvicorn asks the socket first), unless the header
+    carries no addresses (v1 UNKNOWN, v2 LOCAL), when the real transport answers.
+    ``write`` is the real transport's own method, bound once; reads never pass through
+    here (the real transport calls uvicorn's protocol directly).
+
+    Called as an ASGI app, it calls the server's app with the header in
+    ``scope["extensions"]["proxy_protocol"]`` (built per request, so that an idle
+    connection holds only the header) and the scheme it implies.
     """
 
-    def __init__(self, transport: asyncio.Transport, extra: dict[str, object]) -> None:
+    __slots__ = ("_app", "_header", "_peer", "_tls", "_transport", "write")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        header: ProxyHeader,
+        peer: Address | None,
+        app: ASGIApp,
+        tls: bool,
+    ) -> None:
         self._transport = transport
-        self._extra = extra
-        # What uvicorn calls on every connection, bound here rather than found by __getattr__.
+        self._header = header
+        self._peer = peer
+        self._app = app
+        self._tls = tls
         self.write = transport.write
-        self.is_closing = transport.is_closing
-        self.close = transport.close
-        self.pause_reading = transport.pause_reading
-        self.resume_reading = transport.resume_reading
+
+    @property
+    def header(self) -> ProxyHeader:
+        """The connection's PROXY header."""
+        return self._header
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The header's view of ``name``, else the real transport's."""
-        extra = self._extra
-        if name in extra:
-            return extra[name]
+        if name == "socket":
+            return None  # uvicorn asks the socket first: so that it asks for peername
+        if name == "peername":
+            return self._header.source
+        if name == "sockname":
+            return self._header.destination
+        if name == "proxy_protocol":
+            return self._header
         return self._transport.get_extra_info(name, default)
 
+    def is_closing(self) -> bool:
+        """The real transport's."""
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        """The real transport's."""
+        self._transport.close()
+
+    def pause_reading(self) -> None:
+        """The real transport's."""
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """The real transport's."""
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """The real transport's (uvicorn's WebSocket upgrade)."""
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The real transport's."""
+        return self._transport.get_protocol()
+
     def __getattr__(self, name: str) -> object:
-        value = getattr(self._transport, name)
-        if callable(value):
-            self.__dict__[name] = value
-        return value
+        return getattr(self._transport, name)
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        """The server's app, with the header in the scope's extensions (beside the
+        server's own)."""
+        info = self._header.as_dict(self._peer, tls=self._tls)
+        extensions = scope.get("extensions")
+        if scope["type"] == "websocket":
+            # The app holds this scope for as long as the WebSocket is open.
+            scope["extensions"] = {**(extensions or {}), "proxy_protocol": _compact(info)}
+        else:
+            # uvicorn keeps a request's scope until the next request: the app gets its own
+            # (as from a middleware), so that an idle connection holds no extension.
+            scope = {
+                **scope,
+                "extensions": {"proxy_protocol": info}
+                if extensions is None
+                else {**extensions, "proxy_protocol": info},
+            }
+        if info["tls"]:
+            scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
+        return self._app(scope, receive, send)
 
     def __repr__(self) -> str:
-        return f"<ProxiedTransport {self._extra.get('peername')} via {self._transport!r}>"
+        return f"<ProxiedTransport {self._header.source} via {self._transport!r}>"
+
+
+class _LocalHeaderTransport(ProxiedTransport):
+    """The view of a connection whose header carries no addresses (v1 UNKNOWN, v2 LOCAL):
+    the real transport's addresses, the header in the app's scope."""
+
+    __slots__ = ()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """The real transport's ``name`` (and the header as ``proxy_protocol``)."""
+        if name == "proxy_protocol":
+            return self._header
+        return self._transport.get_extra_info(name, default)
+
+
+class _SharedKeys:
+    """Instances lend their ``__dict__``: a dict whose keys are stored once for all."""
+
+
+def _compact(info: ProxyProtocolInfo) -> ProxyProtocolInfo:
+    """``info`` as a dict that shares its keys with every other one (about 180 bytes
+    instead of 460), for a scope that lives as long as its WebSocket."""
+    holder = _SharedKeys()
+    for key, value in info.items():
+        setattr(holder, key, value)
+    compact: ProxyProtocolInfo = holder.__dict__  # type: ignore[assignment]
+    return compact
+
+
+_ws_classes: dict[Any, Any] = {}
+
+
+def _ws_protocol_with_header(ws_protocol_class: Any) -> Any:
+    """``ws_protocol_class`` calling the app through the :class:`ProxiedTransport` it is
+    connected with (uvicorn's WebSocket protocols take the app from the config)."""
+    subclass = _ws_classes.get(ws_protocol_class)
+    if subclass is None:
+
+        def connection_made(self: Any, transport: Any) -> None:
+            if isinstance(transport, ProxiedTransport):
+                self.app = transport
+            ws_protocol_class.connection_made(self, transport)
+
+        subclass = type(
+            ws_protocol_class.__name__,
+            (ws_protocol_class,),
+            {"connection_made": connection_made, "__module__": ws_protocol_class.__module__},
+        )
+        _ws_classes[ws_protocol_class] = subclass
+    return subclass
+
+
+# --- header deadlines ------------------------------------------------------------------------
 
 
 class _HeaderDeadlines:
@@ -92,7 +270,8 @@ class _HeaderDeadlines:
     Watching a connection costs a set insertion and reading a counter: no timer and no
     clock per connection. Every ``INTERVAL`` seconds a sweep advances ``tick`` and closes
     the connections whose deadline has passed: at least their timeout after they arrived
-    (a late sweep only makes it later), and less than two ``INTERVAL``s more on an idle loop.
+    (a late sweep only makes it later), and less than two ``INTERVAL``s more on an idle
+    loop. The loop's entry is dropped when no connection waits.
     """
 
     INTERVAL = 0.25
@@ -103,9 +282,9 @@ class _HeaderDeadlines:
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self.tick = 0
-        self.waiting: set[_ProxyProtocolMixin] = set()
+        self.waiting: set[ProxyProtocol] = set()
 
-    def watch(self, protocol: _ProxyProtocolMixin, timeout: float) -> None:
+    def watch(self, protocol: ProxyProtocol, timeout: float) -> None:
         """Time out ``protocol``'s header after ``timeout`` s, unless it leaves ``waiting``."""
         # One sweep more than the timeout spans: part of the current interval has passed.
         protocol._deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
@@ -118,145 +297,141 @@ class _HeaderDeadlines:
         tick = self.tick
         for protocol in [p for p in self.waiting if p._deadline_tick <= tick]:
             protocol._header_timed_out()
-        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if self.waiting else None
+        if self.waiting:
+            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
+        else:
+            self._timer = None
+            _deadlines.pop(self._loop, None)
 
 
-def _asgi_with_header(app: ASGIApp, info: ProxyProtocolInfo) -> ASGIApp:
-    """``app`` called with the header's details in the scope (and the scheme it implies)."""
-    if isinstance(app, ProxyHeadersMiddleware):
-        # The header's addresses are authoritative: X-Forwarded-For written by a client
-        # must not replace them.
-        app = app.app
-
-    tls = info["tls"]
-
-    async def with_header(scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        scope.setdefault("extensions", {})["proxy_protocol"] = info
-        if tls:
-            scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
-        return await app(scope, receive, send)  # type: ignore[arg-type]
-
-    return with_header
+_deadlines: dict[asyncio.AbstractEventLoop, _HeaderDeadlines] = {}
+"""Per event loop: this module's own state, not an attribute on uvicorn's objects."""
 
 
-def _log_like_uvicorn() -> None:
-    """Send our log lines where uvicorn sends its own, unless logging is configured already."""
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    uvicorn_logger = logging.getLogger("uvicorn.error")
-    if uvicorn_logger.handlers:
-        for handler in uvicorn_logger.handlers:
-            logger.addHandler(handler)
-        logger.setLevel(uvicorn_logger.getEffectiveLevel())
-        logger.propagate = False
+# --- the protocol uvicorn builds per connection -----------------------------------------------
 
 
-class _RefusesServerTLS(type):
-    """Fails uvicorn's start-up when its own TLS would hide the PROXY header."""
+class ProxyProtocol(asyncio.Protocol):
+    """Reads the PROXY header, then hands the connection to uvicorn's ``http_protocol``.
 
-    @property
-    def alpn_protocols(cls) -> list[str] | None:
-        # uvicorn's Config.load() reads this attribute at start-up, before it builds its SSL
-        # context: the moment to check the configuration.
-        if getattr(cls, "policy", None) is None:
-            environment_policy()
-        _log_like_uvicorn()
-        config = sys._getframe(1).f_locals.get("self")
-        if isinstance(config, Config) and config.is_ssl:
-            raise ConfigurationError(
-                "uvicorn's --ssl-* options put TLS in front of the protocol, so the PROXY "
-                "header, which is sent in clear before the TLS handshake, never reaches it. "
-                "Run `proxyproto-mw serve APP --ssl-keyfile ... --ssl-certfile ...` instead: "
-                "it reads the header, then starts TLS on the same connection."
-            )
-        return None
+    uvicorn builds one per connection, as any ``--http`` class, with ``config``,
+    ``server_state`` and ``app_state``; uvicorn's own protocol is built only once the
+    header is in, with the same arguments.
+    """
 
-
-class _ProxyProtocolMixin:
-    """Reads the PROXY header, then hands the connection to uvicorn's protocol."""
-
+    http_protocol: ClassVar[type[asyncio.Protocol]]
+    """uvicorn's HTTP protocol class the connection is handed to."""
     policy: ClassVar[TrustPolicy | None] = None
     """None: the policy from the ``PROXYPROTO_*`` environment variables."""
-    tls_context: ClassVar[ssl.SSLContext | None] = None
+    tls: ClassVar[TLSSettings | None] = None
     """Serve TLS after the header on the same connection (``proxyproto-mw serve``)."""
+    tls_context: ClassVar[ssl.SSLContext | None] = None
+    """The context built from ``tls`` in this process."""
+    unannounced: ClassVar[bool] = False
+    """The INFO line saying that PROXY handling is on is still to be logged."""
 
-    # Attributes of uvicorn's protocol this mixin relies on.
-    loop: asyncio.AbstractEventLoop
-    app: ASGIApp
-    config: Config
-    server_state: Any
-    ws_protocol_class: Any
-    scheme: str | None
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-
-    # uvicorn's own attributes, set by its connection_made; ours sets them from the header.
-    connections: set[Any]
-    transport: asyncio.Transport
-    flow: FlowControl
-    logger: logging.Logger
-
+    __slots__ = (
+        "_admission",
+        "_app_state",
+        "_config",
+        "_deadline_tick",
+        "_loop",
+        "_pending_tls_data",
+        "_server_state",
+        "_transport",
+    )
     _admission: Admission | None
-    _raw_transport: asyncio.Transport
-    _pending_tls_data: bytearray | None
     _deadline_tick: int
-    _deadlines: _HeaderDeadlines | None = None
-    _proxy_header: ProxyHeader | None = None
-    _proxy_info: ProxyProtocolInfo | None = None
-    """The scope extension of a connection that came with a header."""
-    _adds_extension: ClassVar[bool] = False
-    """Whether the HTTP protocol puts the extension into each request's scope itself;
-    otherwise the app is wrapped to do it."""
+    _pending_tls_data: bytearray | None
+    """Bytes that arrive while the TLS handshake after the header is being started."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._loop = _loop or asyncio.get_event_loop()
 
     @classmethod
     def with_policy(
-        cls: type[_P], policy: TrustPolicy | None, *, tls_context: ssl.SSLContext | None = None
+        cls: type[_P],
+        policy: TrustPolicy | None,
+        *,
+        tls: TLSSettings | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> type[_P]:
-        """A subclass applying ``policy`` (None: the environment's); with ``tls_context`` it
-        serves TLS after the header."""
-        namespace = {"policy": policy, "tls_context": tls_context, "__module__": cls.__module__}
-        metaclass: Any = type(cls)
-        subclass: type[_P] = metaclass(cls.__name__, (cls,), namespace)
+        """A subclass applying ``policy`` (None: the environment's); with ``tls`` it
+        serves TLS after the header. It pickles (``workers=N``, ``reload``) as ``policy``'s
+        and ``tls``'s arguments; ``tls_context``, an already built context, does not."""
+        _route_logging()
+        if tls is not None:
+            tls_context = tls.context()
+        namespace = {
+            "policy": policy,
+            "tls": tls,
+            "tls_context": tls_context,
+            "__slots__": (),
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        }
+        subclass: type[_P] = _PolicyClass(cls.__name__, (cls,), namespace)  # type: ignore[assignment]
+        if policy is not None and logging.getLogger("uvicorn.error").hasHandlers():
+            _announce(policy, tls_context is not None)  # a gunicorn worker: logging is set up
+        else:
+            # uvicorn.run(http=...) and uvicorn's worker processes set up logging later,
+            # and look nothing up that would run our code: say it on the first connection.
+            subclass.unannounced = True
         return subclass
 
+    # asyncio.Protocol
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the admission; uvicorn's protocol is connected once the header is in."""
+        """Start the admission; uvicorn's protocol is built once the header is in."""
+        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self._admission = None
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
+        if self.unannounced:
+            type(self).unannounced = False
+            _announce(policy, self.tls_context is not None)
         peer = transport.get_extra_info("peername")
-        self._raw_transport = transport  # type: ignore[assignment]
-        self._pending_tls_data = None
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
             # connects and leaves): there is no one to serve.
-            self._admission = None
-            self._raw_transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         admission = self._admission = policy.admission(peer or None)
-        if admission is None:
-            self._admitted(Admitted(None, b""))
+        if admission is None:  # mode off
+            self._admitted(peer, Admitted(None, b""))
             return
-        deadlines = self.server_state.__dict__.get("proxyproto_deadlines")
+        self._server_state.connections.add(self)
+        deadlines = _deadlines.get(self._loop)
         if deadlines is None:
-            deadlines = self.server_state.proxyproto_deadlines = _HeaderDeadlines(self.loop)
-        self._deadlines = deadlines
+            deadlines = _deadlines[self._loop] = _HeaderDeadlines(self._loop)
         deadlines.watch(self, policy.timeout)
 
     def data_received(self, data: bytes) -> None:
         """Feed the admission until the header is complete."""
-        if self._pending_tls_data is not None:
-            self._pending_tls_data += data
-            return
         admission = self._admission
-        assert admission is not None
+        if admission is None:  # starting TLS after the header, or closed already
+            if self.tls_context is not None and self._pending_tls_data is not None:
+                self._pending_tls_data += data
+            return
         try:
             admitted = admission.receive(data)
         except ProxyProtocolError as error:
             self._reject(error)
             return
         if admitted is not NEED_DATA:
-            self._admitted(admitted)
+            self._stop_waiting()
+            self._admission = None
+            self._admitted(admission.peer, admitted)
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
@@ -267,113 +442,92 @@ class _ProxyProtocolMixin:
         """The connection ended before the header was complete."""
         self._stop_waiting()
 
+    def shutdown(self) -> None:
+        """uvicorn is shutting down: close a connection still waiting for its header."""
+        self._stop_waiting()
+        self._admission = None
+        self._transport.abort()
+
+    # the header
+
     def _stop_waiting(self) -> None:
-        deadlines = self._deadlines
+        self._server_state.connections.discard(self)
+        deadlines = _deadlines.get(self._loop)
         if deadlines is not None:
             deadlines.waiting.discard(self)
-            self._deadlines = None
 
     def _header_timed_out(self) -> None:
-        if self._admission is not None:
-            self._reject(self._admission.timed_out())
+        admission = self._admission
+        if admission is not None:
+            self._reject(admission.timed_out())
         else:
             self._stop_waiting()
 
     def _reject(self, error: ProxyProtocolError) -> None:
         self._stop_waiting()
+        admission = self._admission
         self._admission = None
-        log_rejection(self._raw_transport.get_extra_info("peername"), error)
-        self._raw_transport.abort()
+        log_rejection(admission.peer if admission is not None else None, error)
+        self._transport.abort()
 
-    def _admitted(self, admitted: Admitted) -> None:
-        self._stop_waiting()
-        self._admission = None
+    def _admitted(self, peer: Address | None, admitted: Admitted) -> None:
         if self.tls_context is not None:
-            self._start_tls(admitted)
+            self._start_tls(peer, admitted)
         else:
-            self._connect(self._raw_transport, admitted.header, admitted.data)
+            self._hand_over(self._transport, admitted.header, peer, admitted.data)
 
-    def _connect(
-        self, transport: asyncio.Transport, header: ProxyHeader | None, data: bytes
+    def _hand_over(
+        self,
+        transport: asyncio.Transport,
+        header: ProxyHeader | None,
+        peer: Address | None,
+        data: bytes,
     ) -> None:
-        """Hand the connection to uvicorn's protocol; later bytes go straight to it."""
-        cls = type(self)
-        connected = cls.__dict__.get("_connected") or _connected_class(cls)
-        # From here on the real transport calls uvicorn's own methods directly (a class
-        # whose methods are uvicorn's, rather than bound methods stored on the instance,
-        # which would keep every connection alive until the garbage collector runs).
-        self.__class__ = connected
-        # uvloop caches the protocol's data_received: make it look again.
-        transport.set_protocol(self)  # type: ignore[arg-type]
-        if header is None:
-            connected.connection_made(self, transport)
-        else:
-            peer = self._raw_transport.get_extra_info("peername")
-            tls = self.tls_context is not None
-            info = self._proxy_info = header.as_dict((peer[0], peer[1]) if peer else None, tls=tls)
-            self._proxy_header = header
-            if header.source is None:
-                # LOCAL, UNKNOWN (and UNIX) keep the socket's addresses.
-                connected.connection_made(self, transport)
-            else:
-                # uvicorn's connection_made, with the header's addresses where it would ask
-                # the socket: uvicorn builds every request's scope from these.
-                self.connections.add(self)
-                self.transport = transport
-                self.flow = FlowControl(transport)
-                self.client = header.source
-                self.server = header.destination
-                if self.logger.level <= TRACE_LOG_LEVEL:
-                    self.logger.log(TRACE_LOG_LEVEL, "%s:%d - HTTP connection made", *header.source)
-            self.scheme = "https" if info["tls"] else "http"
-            app = self.app
-            if isinstance(app, ProxyHeadersMiddleware):
+        """Build uvicorn's protocol and give it the connection; later bytes go to it."""
+        protocol: Any = self.http_protocol(  # type: ignore[call-arg]
+            config=self._config,
+            server_state=self._server_state,
+            app_state=self._app_state,
+            _loop=self._loop,
+        )
+        connected: Any = transport
+        if header is not None:
+            app = protocol.app
+            if type(app) is ProxyHeadersMiddleware:
                 # The header's addresses are authoritative: X-Forwarded-For written by a
                 # client must not replace them.
-                app = self.app = app.app
-            if not self._adds_extension:
-                self.app = _asgi_with_header(app, info)
+                app = app.app
+            if peer is not None and len(peer) != 2:
+                peer = (peer[0], peer[1])  # IPv6: host and port, as the extension holds them
+            view = ProxiedTransport if header.source is not None else _LocalHeaderTransport
+            connected = protocol.app = view(
+                transport, header, peer, app, self.tls_context is not None
+            )
+            ws_protocol_class = protocol.ws_protocol_class
+            if ws_protocol_class is not None:
+                protocol.ws_protocol_class = _ws_classes.get(
+                    ws_protocol_class
+                ) or _ws_protocol_with_header(ws_protocol_class)
+        # uvloop caches the protocol's data_received: set_protocol makes it look again.
+        transport.set_protocol(protocol)
+        protocol.connection_made(connected)
         if data:
-            self.data_received(data)
+            protocol.data_received(data)
 
-    def handle_websocket_upgrade(self, *args: Any) -> None:
-        """Give the WebSocket protocol the header's app and addresses, then upgrade."""
-        info = self._proxy_info
-        header = self._proxy_header
-        if info is not None and header is not None and self.ws_protocol_class is not None:
-            extra: dict[str, object] | None = None
-            if header.source is not None:
-                # uvicorn's WebSocket protocols read their addresses from the transport.
-                extra = {
-                    "peername": header.source,
-                    "sockname": header.destination,
-                    "socket": None,
-                    "proxy_protocol": header,
-                }
-            app = self.app if not self._adds_extension else _asgi_with_header(self.app, info)
-            self.ws_protocol_class = _ws_with_app(self.ws_protocol_class, app, extra)
-        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
-
-    def _start_tls(self, admitted: Admitted) -> None:
+    def _start_tls(self, peer: Address | None, admitted: Admitted) -> None:
         """Serve TLS on the connection after its header (the header itself is in clear)."""
-        raw = self._raw_transport
+        raw = self._transport
         raw.pause_reading()
         self._pending_tls_data = bytearray()
         context = self.tls_context
         assert context is not None
-        task = self.loop.create_task(
-            self.loop.start_tls(
-                raw,
-                self,  # type: ignore[arg-type]
-                context,
-                server_side=True,
-            )
-        )
+        loop = self._loop
+        task = loop.create_task(loop.start_tls(raw, self, context, server_side=True))
         if admitted.data:
             # start_tls connects its TLS protocol and resumes reading from callbacks it
             # schedules when the task first runs; this runs right after them, before the
             # loop polls the socket again, so the ClientHello bytes keep their order.
-            self.loop.call_soon(self.loop.call_soon, _feed, raw, admitted.data)
+            loop.call_soon(loop.call_soon, _feed, raw, admitted.data)
 
         def tls_ready(done: asyncio.Task[asyncio.Transport | None]) -> None:
             pending = bytes(self._pending_tls_data or b"")
@@ -382,12 +536,12 @@ class _ProxyProtocolMixin:
             tls_transport = None if error is not None or done.cancelled() else done.result()
             if tls_transport is None:
                 log_rejection(
-                    raw.get_extra_info("peername"),
+                    peer,
                     ProxyProtocolError(f"TLS handshake after the PROXY header failed: {error}"),
                 )
                 raw.abort()
                 return
-            self._connect(tls_transport, admitted.header, pending)
+            self._hand_over(tls_transport, admitted.header, peer, pending)
 
         task.add_done_callback(tls_ready)
 
@@ -412,84 +566,172 @@ def _feed(transport: asyncio.BaseTransport, data: bytes) -> None:
         protocol.data_received(data)
 
 
-def _ws_with_app(
-    ws_protocol_class: Any, app: ASGIApp, extra: dict[str, object] | None
-) -> Callable[..., Any]:
-    """A WebSocket protocol factory whose protocols call ``app`` and, given the header's
-    ``extra`` transport details, see the connection through a :class:`ProxiedTransport`
-    (uvicorn's WebSocket protocols read their addresses from the transport on upgrade)."""
-
-    def build(**kwargs: Any) -> Any:  # called on an upgrade only
-        if extra is None:
-            protocol = ws_protocol_class(**kwargs)
-        else:
-            protocol = _ws_class_with_view(ws_protocol_class)(**kwargs)
-            protocol._proxy_extra = extra
-        protocol.app = app
-        return protocol
-
-    return build
-
-
-_ws_classes_with_view: dict[type, type] = {}
-
-
-def _ws_class_with_view(ws_protocol_class: Any) -> Any:
-    """``ws_protocol_class`` connected through a :class:`ProxiedTransport`."""
-    subclass = _ws_classes_with_view.get(ws_protocol_class)
-    if subclass is None:
-
-        def connection_made(self: Any, transport: asyncio.Transport) -> None:
-            ws_protocol_class.connection_made(self, ProxiedTransport(transport, self._proxy_extra))
-
-        subclass = type(
-            ws_protocol_class.__name__,
-            (ws_protocol_class,),
-            {"connection_made": connection_made, "__module__": __name__},
-        )
-        _ws_classes_with_view[ws_protocol_class] = subclass
-    return subclass
-
-
-def _connected_class(cls: Any) -> Any:
-    """``cls`` once the header is in: uvicorn's own protocol methods, none of ours."""
-    connected = cls.__dict__.get("_connected")
-    if connected is None:
-        base = next((klass for klass in cls.__mro__ if klass in _UVICORN_PROTOCOLS), None)
-        if base is None:
-            raise TypeError(f"{cls!r} is not built on a uvicorn HTTP protocol")
-        methods = ("connection_made", "data_received", "eof_received", "connection_lost")
-        namespace = {name: getattr(base, name) for name in methods}
-        namespace["__module__"] = cls.__module__
-        namespace["_connected"] = None  # set below: the connected class is its own
-        connected = type(cls)(cls.__name__, (cls,), namespace)
-        connected._connected = connected
-        cls._connected = connected
-    return connected
-
-
-_UVICORN_PROTOCOLS = tuple(
-    klass for klass in (_UvicornH11Protocol, _UvicornHttpToolsProtocol) if klass is not None
-)
-
-
-class H11Protocol(_ProxyProtocolMixin, _UvicornH11Protocol, metaclass=_RefusesServerTLS):  # type: ignore[misc]
+class _H11Protocol(ProxyProtocol):
     """uvicorn's h11 protocol behind a PROXY header."""
 
+    __slots__ = ()
+    http_protocol = _UvicornH11Protocol
 
-if _UvicornHttpToolsProtocol is not None:
 
-    class HttpToolsProtocol(  # type: ignore[misc]
-        _ProxyProtocolMixin, _UvicornHttpToolsProtocol, metaclass=_RefusesServerTLS
-    ):
-        """uvicorn's httptools protocol behind a PROXY header."""
+class _HttpToolsProtocol(ProxyProtocol):
+    """uvicorn's httptools protocol behind a PROXY header."""
 
-        _adds_extension = True
+    __slots__ = ()
+    http_protocol = _UvicornHttpToolsProtocol
 
-        def on_message_begin(self) -> None:
-            """Start a request's scope, with the header's extension when there is one."""
-            _UvicornHttpToolsProtocol.on_message_begin(self)
-            info = self._proxy_info
-            if info is not None:
-                extension: dict[str, Any] = {"proxy_protocol": info}
-                self.scope["extensions"] = extension
+
+_H11Protocol.__name__ = _H11Protocol.__qualname__ = "H11Protocol"
+_HttpToolsProtocol.__name__ = _HttpToolsProtocol.__qualname__ = "HttpToolsProtocol"
+
+_PROTOCOLS: dict[str, type[ProxyProtocol] | None] = {
+    "H11Protocol": _H11Protocol,
+    "HttpToolsProtocol": _HttpToolsProtocol if _UvicornHttpToolsProtocol is not None else None,
+}
+"""The classes ``--http proxyproto_mw.uvicorn:NAME`` names (None: httptools is missing)."""
+
+
+# --- classes made by with_policy pickle as their arguments ---------------------------------------
+
+
+class _PolicyClass(type):
+    """The type of the classes :meth:`ProxyProtocol.with_policy` makes, so that they pickle."""
+
+
+def _policy_arguments(policy: TrustPolicy) -> tuple[Any, ...]:
+    return (
+        type(policy),
+        policy.trusted,
+        policy.mode.value,
+        policy.timeout,
+        tuple(sorted(policy.versions)),
+        policy.setting,
+        policy.trust_unix_peers,
+    )
+
+
+def _reduce_policy_class(cls: _PolicyClass) -> tuple[Any, ...]:
+    base = cls.__bases__[0]
+    if cls.tls_context is not None and cls.tls is None:  # type: ignore[attr-defined]
+        raise TypeError(
+            f"{cls.__name__}.with_policy(tls_context=...) cannot be sent to uvicorn's worker "
+            "or reload processes: pass tls=TLSSettings(...) instead"
+        )
+    policy = cls.policy  # type: ignore[attr-defined]
+    base_ref = base.__name__ if _PROTOCOLS.get(base.__name__) is base else base
+    return (
+        _rebuild_policy_class,
+        (base_ref, None if policy is None else _policy_arguments(policy), cls.tls),  # type: ignore[attr-defined]
+    )
+
+
+def _rebuild_policy_class(
+    base: str | type[ProxyProtocol], policy: tuple[Any, ...] | None, tls: TLSSettings | None
+) -> type[ProxyProtocol]:
+    """The class again, in a uvicorn worker or reload process."""
+    if isinstance(base, str):
+        found = _PROTOCOLS.get(base)
+        if found is None:
+            _fail(HTTPTOOLS_MISSING_MESSAGE)
+        base = found
+    rebuilt = None
+    if policy is not None:
+        kind, trusted, mode, timeout, versions, setting, trust_unix_peers = policy
+        rebuilt = kind(
+            trusted, mode, timeout, versions, setting=setting, trust_unix_peers=trust_unix_peers
+        )
+    return base.with_policy(rebuilt, tls=tls)
+
+
+copyreg.pickle(_PolicyClass, _reduce_policy_class)
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+def check_start_up(protocol_class: type[ProxyProtocol]) -> None:
+    """What uvicorn runs before it serves with ``--http proxyproto_mw.uvicorn:NAME``.
+
+    uvicorn looks the class up (``import_from_string``, in ``Config.load()``) in every
+    process that serves, before it listens: the policy from the ``PROXYPROTO_*``
+    variables is read, and uvicorn's own ``--ssl-*`` options (read from uvicorn's command
+    line through click's current context) are refused, each with one clear line and
+    uvicorn's start-up failure status under the ``uvicorn`` command. Then one INFO line
+    says that PROXY handling is on, with which policy.
+    """
+    _route_logging()
+    try:
+        policy = protocol_class.policy or environment_policy()
+        uvicorn_options = _uvicorn_command_options() or {}
+        if uvicorn_options.get("ssl_keyfile") or uvicorn_options.get("ssl_certfile"):
+            raise ConfigurationError(UVICORN_TLS_MESSAGE)
+    except ConfigurationError as error:
+        _fail(str(error))
+    _announce(policy, protocol_class.tls_context is not None)
+
+
+def _uvicorn_command_options() -> dict[str, Any] | None:
+    """The options of the ``uvicorn`` command running in this process, if it runs."""
+    from uvicorn.main import main as uvicorn_command  # noqa: PLC0415  (uvicorn's click CLI)
+
+    context = click.get_current_context(silent=True)
+    if context is None or context.command is not uvicorn_command:
+        return None
+    return context.params
+
+
+def _fail(message: str) -> NoReturn:
+    """Stop at start-up: under the ``uvicorn`` command one line (an ERROR through uvicorn's
+    logging) and uvicorn's start-up failure status; elsewhere an exception saying the same."""
+    if _uvicorn_command_options() is not None:
+        _route_logging()
+        logger.error("%s", message)
+        raise SystemExit(STARTUP_FAILURE)
+    if message == HTTPTOOLS_MISSING_MESSAGE:
+        raise ImportError(message)
+    raise ConfigurationError(message)
+
+
+_announced: set[str] = set()
+
+
+def _announce(policy: TrustPolicy, tls: bool) -> None:
+    """One INFO line per process and policy: PROXY handling is on, and how."""
+    line = f"PROXY protocol on: {policy!r}" + (", TLS after the header" if tls else "")
+    if line not in _announced:
+        _announced.add(line)
+        logger.info("%s", line)
+
+
+class _ToUvicornErrorLog(logging.Handler):
+    """Hands our records to uvicorn's ``uvicorn.error`` logger: its handlers, its format
+    and its level (``--log-level``), as for uvicorn's own lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger("uvicorn.error")
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def _route_logging() -> None:
+    """Send our log lines where uvicorn sends its own, unless logging routes them already."""
+    if logger.handlers or (logger.propagate and logging.getLogger().handlers):
+        return
+    logger.addHandler(_ToUvicornErrorLog())
+    logger.setLevel(logging.DEBUG)  # uvicorn.error's level decides
+    logger.propagate = False
+
+
+if TYPE_CHECKING:
+    H11Protocol = _H11Protocol
+    HttpToolsProtocol = _HttpToolsProtocol
+
+
+def __getattr__(name: str) -> type[ProxyProtocol]:
+    """``H11Protocol`` and ``HttpToolsProtocol``, once :func:`check_start_up` passed."""
+    if name not in _PROTOCOLS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    protocol_class = _PROTOCOLS[name]
+    if protocol_class is None:
+        _fail(HTTPTOOLS_MISSING_MESSAGE)
+    check_start_up(protocol_class)
+    return protocol_class

@@ -1,10 +1,11 @@
-"""The connected protocol holds exactly the state uvicorn's own ``connection_made`` gives it.
+"""Once the header is in, uvicorn's own protocol serves the connection, unchanged.
 
-Once the header is in, :mod:`proxyproto_mw.uvicorn` sets uvicorn's per-connection state
-itself, from the header, instead of letting uvicorn ask the socket for addresses it would
-then overwrite. These tests catch a uvicorn release that adds state to its
-``connection_made``: they serve one keep-alive request on a real loopback socket with
-uvicorn's protocol and with ours, in process, and compare what each instance holds.
+:mod:`proxyproto_mw.uvicorn` builds uvicorn's HTTP protocol after the header and connects
+it through a :class:`~proxyproto_mw.uvicorn.ProxiedTransport`. These tests serve one
+keep-alive request on a real loopback socket with uvicorn's protocol and with ours, in
+process, and compare what serves the connection: the same class (not a subclass or a
+copy), the same per-connection state, the header's addresses where uvicorn would have
+asked the socket, and no state of ours left on uvicorn's objects.
 """
 
 from __future__ import annotations
@@ -21,40 +22,27 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as PlainHttp
 from uvicorn.server import ServerState
 
 from proxyproto_mw import TrustPolicy, encode_v1
-from proxyproto_mw.uvicorn import H11Protocol, HttpToolsProtocol
+from proxyproto_mw.uvicorn import H11Protocol, HttpToolsProtocol, ProxiedTransport
 from tests.apps import app
 from tests.clients import CLIENT, DESTINATION, request
 
 pytestmark = pytest.mark.timeout(30)
 
-OURS_ONLY = {
-    "_raw_transport",
-    "_admission",
-    "_pending_tls_data",
-    "_deadline_tick",
-    "_deadlines",
-    "_proxy_info",
-    "_proxy_header",
-}
-"""The attributes our protocol adds to uvicorn's."""
-
 
 async def _serve_one(
     protocol_class: type, first_bytes: bytes
-) -> tuple[dict[str, Any], bool, dict[str, Any]]:
-    """Serve one keep-alive request on loopback: the protocol's attributes after it, whether
-    the server counts the connection as open, and the scope the app described."""
+) -> tuple[Any, dict[str, Any], dict[str, Any], ServerState]:
+    """Serve one keep-alive request on loopback: the protocol that serves the connection
+    then (uvicorn counts it among its connections), its attributes, the scope the app
+    described, and the server state."""
     config = Config(app=app, http=protocol_class, lifespan="off", access_log=False)
     config.load()
     state = ServerState()
-    protocols: list[Any] = []
 
     def factory() -> Any:
-        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        return config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=state, app_state={}
         )
-        protocols.append(protocol)
-        return protocol
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, "127.0.0.1", 0)
@@ -67,8 +55,8 @@ async def _serve_one(
         length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
         assert length is not None, head
         body = await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
-        (protocol,) = protocols
-        return dict(vars(protocol)), protocol in state.connections, json.loads(body)
+        (serving,) = state.connections
+        return serving, dict(vars(serving)), json.loads(body), state
     finally:
         writer.close()
         server.close()
@@ -78,21 +66,34 @@ async def _serve_one(
 @pytest.mark.parametrize(
     "plain, ours", [(PlainHttpTools, HttpToolsProtocol), (PlainH11, H11Protocol)]
 )
-def test_connected_state_matches_uvicorns(plain: type, ours: Any) -> None:
+def test_uvicorns_own_protocol_serves_with_the_header_addresses(plain: type, ours: Any) -> None:
     proxied = ours.with_policy(TrustPolicy(trusted="127.0.0.1"))
-    uvicorns, uvicorn_counts_it, _ = asyncio.run(_serve_one(plain, request()))
-    theirs, counted, scope = asyncio.run(
+    _, uvicorn_state, _, _ = asyncio.run(_serve_one(plain, request()))
+    serving, state, scope, server_state = asyncio.run(
         _serve_one(proxied, encode_v1(CLIENT, DESTINATION) + request())
     )
-    assert counted and uvicorn_counts_it
-    assert set(theirs) - OURS_ONLY == set(uvicorns)
-    for name in ("transport", "flow", "scheme", "connections", "parser", "conn"):
-        if name in uvicorns:
-            assert type(theirs[name]) is type(uvicorns[name]), name
-    assert uvicorns["transport"] is not None
-    assert theirs["client"] == CLIENT
-    assert theirs["server"] == DESTINATION
-    assert theirs["scheme"] == uvicorns["scheme"] == "http"
+    assert type(serving) is plain  # uvicorn's class itself
+    assert set(state) == set(uvicorn_state)  # nothing of ours on it
+    assert set(vars(server_state)) == set(vars(ServerState()))
+    for name in ("flow", "scheme", "connections", "parser", "conn"):
+        if name in uvicorn_state:
+            assert type(state[name]) is type(uvicorn_state[name]), name
+    assert isinstance(state["transport"], ProxiedTransport)
+    assert state["transport"].header.source == CLIENT
+    assert state["client"] == CLIENT
+    assert state["server"] == DESTINATION
+    assert state["scheme"] == uvicorn_state["scheme"] == "http"
     assert scope["client"] == list(CLIENT)
     assert scope["server"] == list(DESTINATION)
     assert scope["proxy_protocol"]["version"] == 1
+
+
+@pytest.mark.parametrize("ours", [HttpToolsProtocol, H11Protocol])
+def test_connection_without_header_gets_the_real_transport(ours: Any) -> None:
+    """An untrusted peer's connection is uvicorn's, with uvicorn's own transport."""
+    proxied = ours.with_policy(TrustPolicy(trusted="192.0.2.1"))
+    serving, state, scope, _ = asyncio.run(_serve_one(proxied, request()))
+    assert type(serving) is ours.http_protocol
+    assert not isinstance(state["transport"], ProxiedTransport)
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["proxy_protocol"] is None
