@@ -207,6 +207,8 @@ class Session:
     """The client socket's address: its true source."""
     seen: Address | None
     """The client address the app reported in its greeting."""
+    reached: Address | None
+    """The server address the app reported: the balancer's frontend the client reached."""
     worker: int
     """The pid of the gunicorn worker that accepted it."""
     opened: float
@@ -262,12 +264,14 @@ class Fleet:
         except BaseException:
             await websocket.close()
             raise
-        client = greeting.get("client")
-        seen = (client[0], client[1]) if isinstance(client, list) else None
+        seen, reached = (
+            (value[0], value[1]) if isinstance(value, list) else None
+            for value in (greeting.get("client"), greeting.get("server"))
+        )
         response = websocket.response
         assert response is not None  # set once the opening handshake is done
         worker = int(response.headers[WORKER_PID])
-        session = Session(number, (host, port), seen, worker, time.monotonic())
+        session = Session(number, (host, port), seen, reached, worker, time.monotonic())
         self.sessions.append(session)
         return websocket, session
 
@@ -290,8 +294,13 @@ class Fleet:
                 session.wrong.append(f"sent {sent!r}, echoed {echoed!r}")
 
     def misaddressed(self, sessions: Sequence[Session] | None = None) -> list[Session]:
-        """The sessions whose greeting named another address than their own."""
-        return [s for s in (self.sessions if sessions is None else sessions) if s.seen != s.local]
+        """The sessions whose greeting named another client than their own socket, or
+        another server than the frontend they connected to."""
+        return [
+            s
+            for s in (self.sessions if sessions is None else sessions)
+            if s.seen != s.local or s.reached != self.frontend
+        ]
 
 
 async def close_all(websockets: Sequence[ClientConnection], timeout: float = 30.0) -> None:

@@ -6,10 +6,10 @@
 clients connect from 249 loopback sources (127.0.0.2 to 127.0.0.250, round robin, Linux's
 ephemeral ports on each), all open at the same time, then each sends twenty messages (text
 and binary in turn, each unique) and checks every echo. The user's checks: every
-connection's app saw exactly the socket it came from, every message came back, once, in
-order, unchanged; both workers served; no worker died, no health check failed, nothing
-was logged as an error or a refused header; once the clients closed, the workers hold
-the descriptors they held before.
+connection's app saw exactly the socket it came from (source and port) and the frontend
+it reached, every message came back, once, in order, unchanged; both workers served; no
+worker died, no health check failed, nothing was logged as an error or a refused header;
+once the clients closed, the workers hold the descriptors they held before.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def test_two_thousand_websockets_each_see_their_own_source(tmp_path: Path) -> No
     # All were open at once, each through HAProxy to gunicorn.
     assert frontend_sessions >= CONNECTIONS
     assert server_sessions >= CONNECTIONS
-    # Every connection's app saw the socket it came from: its source and its port.
+    # Every connection's app saw the socket it came from (its source and its port) and the
+    # frontend it reached.
     assert fleet.misaddressed() == [], fleet.misaddressed()[:10]
     assert {session.local[0] for session in sessions} == set(LOAD_SOURCES)
     assert len({session.local for session in sessions}) == CONNECTIONS
