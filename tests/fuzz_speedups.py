@@ -239,7 +239,8 @@ class Inputs:
             elif operation == 3 and at < len(mutable):
                 del mutable[at]
             elif len(mutable) >= 16 and mutable[:12] == SIGNATURE:
-                mutable[14:16] = r.randrange(len(mutable) + 8).to_bytes(2, "big")
+                length = r.randrange(min(len(mutable) + 8, 0x10000))
+                mutable[14:16] = length.to_bytes(2, "big")
         return bytes(mutable)
 
     def random_bytes(self) -> bytes:
