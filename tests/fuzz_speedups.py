@@ -278,7 +278,9 @@ def run_random(differential: Differential, seed: int, iterations: int, seconds: 
     return 0
 
 
-def run_atheris(extension_path: Path, seed: int, iterations: int, seconds: float) -> int:
+def run_atheris(
+    extension_path: Path, seed: int, iterations: int, seconds: float, corpus: Path | None
+) -> int:
     """Coverage-guided: libFuzzer, following the pure-Python reference's coverage."""
     try:
         import atheris  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
@@ -293,7 +295,9 @@ def run_atheris(extension_path: Path, seed: int, iterations: int, seconds: float
             if inspect.isfunction(function) and function.__module__ == module.__name__:
                 atheris.instrument_func(function)
     differential = Differential(load_extension(extension_path))
-    corpus = Path(tempfile.mkdtemp(prefix="proxyproto-corpus-"))
+    if corpus is None:
+        corpus = Path(tempfile.mkdtemp(prefix="proxyproto-corpus-"))
+    corpus.mkdir(parents=True, exist_ok=True)
     artifacts = Path(tempfile.gettempdir()) / "proxyproto-fuzz-artifacts"
     artifacts.mkdir(exist_ok=True)
     print(f"corpus {corpus}; a failing input is written to {artifacts}", flush=True)
@@ -323,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds at most")
     parser.add_argument("--seed", type=int, default=None, help="seed (random by default)")
     parser.add_argument("--atheris", action="store_true", help="coverage-guided (atheris)")
+    parser.add_argument("--corpus", type=Path, default=None, help="atheris' corpus directory")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(f"seed {seed}; at most {args.iterations} inputs or {args.seconds:g} s", flush=True)
     if args.atheris:
-        return run_atheris(args.extension, seed, args.iterations, args.seconds)
+        return run_atheris(args.extension, seed, args.iterations, args.seconds, args.corpus)
     differential = Differential(load_extension(args.extension))
     started = time.monotonic()
     try:

@@ -82,7 +82,9 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87:${UBSAN_OPT
 export PYTHONMALLOC=malloc
 export PROXYPROTO_NO_EXTENSIONS=1
 status=0
-"$python" tests/fuzz_speedups.py --extension "$extension" "$@" || status=$?
+corpus=()
+[ "$atheris" = 1 ] && corpus=(--corpus "$build/corpus")  # removed with the build
+"$python" tests/fuzz_speedups.py --extension "$extension" ${corpus[@]+"${corpus[@]}"} "$@" || status=$?
 case $status in
   0) ;;
   86) echo "sanitize.sh: AddressSanitizer reported an error (above)" >&2 ;;
