@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
-from uvicorn.config import STARTUP_FAILURE, Config, create_ssl_context
+from uvicorn.config import Config, create_ssl_context
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 ASGIApp = Callable[..., Awaitable[None]]
+STARTUP_FAILURE = 3
+"""uvicorn's exit status for a start-up that failed (``uvicorn.main.STARTUP_FAILURE``)."""
 _P = TypeVar("_P", bound="ProxyProtocol")
 
 UVICORN_TLS_MESSAGE = (
@@ -397,9 +399,6 @@ class ProxyProtocol(asyncio.Protocol):
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
-        if self.unannounced:
-            type(self).unannounced = False
-            _announce(policy, self.tls_context is not None)
         peer = transport.get_extra_info("peername")
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
@@ -412,8 +411,11 @@ class ProxyProtocol(asyncio.Protocol):
             return
         self._server_state.connections.add(self)
         deadlines = _deadlines.get(self._loop)
-        if deadlines is None:
+        if deadlines is None:  # the first connection in a while
             deadlines = _deadlines[self._loop] = _HeaderDeadlines(self._loop)
+            if self.unannounced:
+                type(self).unannounced = False
+                _announce(policy, self.tls_context is not None)
         deadlines.watch(self, policy.timeout)
 
     def data_received(self, data: bytes) -> None:
