@@ -2,7 +2,8 @@
 
 ``GET`` anything: 200 ``ok``. ``GET /client``: 200 with ``scope["client"]`` as ``host:port``,
 which the benchmark reads once per server to check that the PROXY header was understood
-(the address must be the benchmark's own socket, not HAProxy's). Lifespan is supported.
+(the address must be the benchmark's own socket, not HAProxy's). A WebSocket is accepted
+and held open until the client leaves (``bench/memory.py``). Lifespan is supported.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """200 ``ok`` for HTTP; start-up and shut-down for lifespan."""
+    """200 ``ok`` for HTTP; WebSockets accepted and held; start-up and shut-down for lifespan."""
     kind = scope["type"]
     if kind == "http":
         if scope["path"] == "/client":
@@ -40,6 +41,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             return
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": b"ok"})
+    elif kind == "websocket":
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
     elif kind == "lifespan":
         while True:
             message = await receive()

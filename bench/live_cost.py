@@ -56,18 +56,17 @@ def _connect_many(port: int, first_bytes: bytes, count: int) -> None:
             raise RuntimeError(f"unexpected response: {response[:80]!r}")
 
 
-def instructions(kind: str, count: int, workdir: Path) -> int:
-    """Total instructions of a server that served ``count`` connections of ``kind``."""
+def instructions(kind: str, count: int, workdir: Path, http: str | None = None) -> int:
+    """Total instructions of a server that served ``count`` connections of ``kind``
+    (``http``: another ``--http`` class than the benchmark's, for a PROXY kind)."""
     (port,) = _free_ports(1)
     out = workdir / f"callgrind.{kind}.{count}"
     server_kind = SERVERS["a" if kind == "plain" else "b"]  # the benchmark's own commands
     env = dict(server_kind.env(), PYTHONHASHSEED="0")
-    argv = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        *server_kind.command(port),
-    ]
+    command = server_kind.command(port)
+    if http is not None and kind != "plain":
+        command[command.index("--http") + 1] = http
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command]
     with (workdir / f"server.{kind}.{count}.log").open("wb") as log:
         server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
         try:
@@ -91,14 +90,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--counts", type=int, nargs=2, default=(300, 1300), metavar=("N1", "N2"))
     parser.add_argument("--kinds", nargs="+", choices=sorted(HEADERS), default=list(HEADERS))
+    parser.add_argument(
+        "--http", help="the --http class of the PROXY kinds (default: the benchmark's (b))"
+    )
     options = parser.parse_args()
     low, high = options.counts
     plain = None
     with tempfile.TemporaryDirectory() as tmp:
         for kind in options.kinds:
-            cost = (instructions(kind, high, Path(tmp)) - instructions(kind, low, Path(tmp))) / (
-                high - low
-            )
+            counts = [instructions(kind, n, Path(tmp), options.http) for n in (high, low)]
+            cost = (counts[0] - counts[1]) / (high - low)
             plain = cost if kind == "plain" else plain
             extra = "" if plain is None or kind == "plain" else f"  ({cost / plain - 1:+.1%})"
             print(f"{kind:6} {cost / 1000:7.1f}k instructions per connection{extra}", flush=True)

@@ -17,8 +17,10 @@ wrk (``-t1 -c32``) and HAProxy (``nbthread 1``) share CPU 0. Two client patterns
 ``Connection: close`` (a new client connection per request; in mode tcp HAProxy ties each client
 connection to one backend connection, so every request is a new backend connection carrying a new
 PROXY header; the script checks this with HAProxy's own connection counters). Runs alternate
-between servers (for each round, for each pattern: a, b, c, d) so drift affects all of them alike;
-the report gives per server the median requests/s over rounds and its ratio to (a).
+between servers (for each round, for each pattern: a, b, c, d, the order rotated by one every
+round) so drift affects all of them alike; the report gives per server the median requests/s
+over rounds and its ratio to (a), and the server's CPU per request with its per-round ratio to
+(a)'s (min / median / max).
 
 Every run must have zero non-2xx responses and zero socket errors (with ``Connection: close`` a
 handful of read errors, at most 0.1 % of the requests, are tolerated and reported: wrk counts an
@@ -50,9 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Final
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 REPO: Final = Path(__file__).resolve().parent.parent
 SERVER_CPU: Final = 1
@@ -591,6 +590,8 @@ class Summary:
     """Per round: req/s over (a)'s req/s in the same round (they ran next to each other)."""
     us_per_request: dict[str, float]
     haproxy_us_per_request: dict[str, float]
+    cpu_ratios: dict[str, list[float]]
+    """Per round: server CPU per request over (a)'s in the same round."""
 
 
 def summarize(servers: list[Server], runs: list[Run]) -> list[Summary]:
@@ -600,6 +601,7 @@ def summarize(servers: list[Server], runs: list[Run]) -> list[Summary]:
         for p in PATTERNS
     }
     base = {(r.round, r.pattern): r.rps for r in runs if r.server == "a"}
+    base_cpu = {(r.round, r.pattern): r.us_per_request for r in runs if r.server == "a"}
     result = []
     for server in servers:
         mine = {p: [r for r in runs if r.server == server.key and r.pattern == p] for p in PATTERNS}
@@ -618,6 +620,9 @@ def summarize(servers: list[Server], runs: list[Run]) -> list[Summary]:
                 haproxy_us_per_request={
                     p: statistics.median(r.haproxy_us_per_request for r in mine[p])
                     for p in PATTERNS
+                },
+                cpu_ratios={
+                    p: [r.us_per_request / base_cpu[r.round, p] for r in mine[p]] for p in PATTERNS
                 },
             )
         )
@@ -675,18 +680,24 @@ def spread_table(summaries: list[Summary]) -> str:
 
 def cost_table(summaries: list[Summary]) -> str:
     rows = [
-        "| server | keep-alive us/req | delta to (a) | new-conn us/req | delta to (a) "
+        "| server | keep-alive us/req | delta to (a) | per-round CPU ratio min / median / max "
+        "| new-conn us/req | delta to (a) | per-round CPU ratio min / median / max "
         "| HAProxy new-conn us/req | delta to (a) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = summaries[0].us_per_request
     haproxy_base = summaries[0].haproxy_us_per_request["new-conn"]
     for s in summaries:
         k, n = s.us_per_request["keep-alive"], s.us_per_request["new-conn"]
         h = s.haproxy_us_per_request["new-conn"]
+        spread = {
+            p: f"{min(r):.3f} / {statistics.median(r):.3f} / {max(r):.3f}"
+            for p, r in s.cpu_ratios.items()
+        }
         rows.append(
             f"| {s.server.label} | {k:.1f} | {k - base['keep-alive']:+.1f} "
-            f"| {n:.1f} | {n - base['new-conn']:+.1f} | {h:.1f} | {h - haproxy_base:+.1f} |"
+            f"| {spread['keep-alive']} | {n:.1f} | {n - base['new-conn']:+.1f} "
+            f"| {spread['new-conn']} | {h:.1f} | {h - haproxy_base:+.1f} |"
         )
     return "\n".join(rows)
 
@@ -766,8 +777,9 @@ Set-up: one HAProxy (mode tcp, `nbthread 1`, frontend and backend on 127.0.0.1),
 `-t1 -c{CONNECTIONS} -d{args.duration:g}s` (keep-alive) or the same with `-H "Connection: close"`
 (new-conn: every request is a new client connection, so a new backend connection with a new PROXY
 header; checked with HAProxy's connection counters). wrk and HAProxy on CPU {CLIENT_CPU}, the server
-(one process / worker) on CPU {SERVER_CPU}. Servers alternate within each round and pattern; values
-are medians over {args.rounds} round(s) of {args.duration:g} s, ratios are to (a).
+(one process / worker) on CPU {SERVER_CPU}. Servers alternate within each round and pattern, in an
+order rotated every round; values are medians over {args.rounds} round(s) of {args.duration:g} s,
+ratios are to (a).
 
 {commands}
 
@@ -784,7 +796,7 @@ medians disagree, or the req/s range is wide, the machine was noisy.
 
 {spread_table(summaries)}
 
-## Server CPU per request (median over rounds)
+## Server CPU per request (median over rounds, and the per-round ratio to (a))
 
 Server-process CPU time divided by completed requests (from /proc). Less sensitive than req/s to
 other load on the machine, though not immune (shared caches, and a starved server batches more
@@ -823,6 +835,10 @@ def _display(server: Server) -> list[str]:
 
 
 def write_chart(path: Path, summaries: list[Summary]) -> None:
+    # Imported here: bench/live_cost.py borrows this module's servers without matplotlib.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     labels = [s.server.label for s in summaries]
     keep = [s.ratio["keep-alive"] for s in summaries]
     new = [s.ratio["new-conn"] for s in summaries]
@@ -938,7 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "see bench/README.md."
     )
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
-    parser.add_argument("--rounds", type=int, help="rounds over all servers (default 5)")
+    parser.add_argument("--rounds", type=int, help="rounds over all servers (default 8)")
     parser.add_argument("--quick", action="store_true", help="2 s runs, 1 round")
     parser.add_argument(
         "--out",
@@ -972,16 +988,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=1200.0,
+        default=2400.0,
         help="seconds after which disturbed runs are no longer repeated nor waits made "
-        "(default 1200)",
+        "(default 2400)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="copy server logs to --out")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 10.0
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 5
+        args.rounds = 1 if args.quick else 8
     if args.duration <= 0 or args.rounds < 1:
         parser.error("--duration must be positive and --rounds at least 1")
     keys = list(dict.fromkeys(args.servers))
@@ -1012,8 +1028,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for pattern in PATTERNS:
                     bench.run(server, pattern, min(2.0, args.duration), 0)
             for round_no in range(1, args.rounds + 1):
+                # The order rotates every round: no server always runs first or last.
+                shift = (round_no - 1) % len(servers)
+                order = servers[shift:] + servers[:shift]
                 for pattern in PATTERNS:
-                    for server in servers:
+                    for server in order:
                         run = measure(bench, server, pattern, round_no, args)
                         runs.append(run)
             bench.check_alive()
