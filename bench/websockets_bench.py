@@ -1,7 +1,7 @@
 """websockets' servers, plain and behind a PROXY header: messages/s and CPU per connection.
 
-``python bench/websockets_bench.py`` (about 3 minutes; ``--quick``: one short round) starts
-four echo servers, each pinned to CPU 1 with ``taskset``:
+``python bench/websockets_bench.py`` (about 3.5 minutes; ``--quick``: one short round)
+starts four echo servers, each pinned to CPU 1 with ``taskset``:
 
 - ``asyncio plain``: ``websockets.asyncio.server.serve(echo, ...)``;
 - ``asyncio proxied``: ``proxyproto_mw.websockets.serve(echo, ..., policy=...)``;
@@ -14,17 +14,26 @@ costs little next to the server. Two patterns per server and round:
 
 - ``messages``: 16 connections, each sending 32 masked 16-byte text frames at a time and
   reading their 32 echoes, for ``--duration`` seconds: messages echoed per second, and the
-  server's CPU (utime + stime from ``/proc/PID/stat``, all threads) per message;
-- ``connections``: one loop of connect, (PROXY v2 header,) opening handshake, one
-  echo, closing handshake, for ``--duration`` seconds: connections per second and the
-  server's CPU per connection. Sources rotate over 127.0.0.2-127.0.0.201 so that TIME_WAIT
-  never runs out of ports.
+  server's CPU per message;
+- ``connections``: one loop of connect, (PROXY v2 header,) opening handshake, one echo,
+  closing handshake, for ``--duration`` seconds: connections per second and the server's
+  CPU per connection. Sources rotate over 127.0.0.2-127.0.0.201 so that TIME_WAIT never
+  runs out of ports.
 
-Proxied connections start with a PROXY v2 TCP4 header (no TLVs, as from an NLB) in the
-same write as the opening handshake. Each round runs plain and proxied back to back, in an
-order that alternates between rounds; the summary gives the median of the per-round
-ratios (proxied / plain) and their range. The goals: message throughput at least 0.99 of
-plain, CPU per connection within 3 %.
+Each server calls ``gc.freeze()`` once started. The server's CPU is its own ``getrusage``
+(user + system, every thread, exited ones too), which it writes on SIGUSR1 before and after
+each run. Proxied connections start with a
+PROXY v2 TCP4 header (no TLVs, as from an NLB) in the same write as the opening
+handshake. Each round runs plain and proxied back to back, in an order that alternates
+between rounds; the summary gives the median of the per-round ratios (proxied / plain) and
+their range. The goals: message throughput at least 0.99 of plain, CPU per connection
+within 3 %.
+
+``--instructions N1 N2`` (about 6 minutes for 20 and 60; needs valgrind) counts instead the
+user-space instructions of each server under callgrind: for N1 and then N2 sequential
+connections from 127.0.0.1 (the difference over N2 - N1 is one connection's cost, start-up
+cancelled out), and for one connection echoing 64 and then 640 messages. Instruction
+counts repeat where the CPU time of a shared machine does not.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -114,6 +124,10 @@ def serve(kind: str, variant: str, port: int, cpu_file: Path) -> None:
     """Run one echo server until killed (``--serve KIND VARIANT PORT CPU_FILE``); on SIGUSR1
     it writes its CPU time to ``cpu_file``."""
     policy = TrustPolicy("127.0.0.0/8")
+    # Start-up's objects out of the collector's way, in both variants: a full collection
+    # then costs what the connections left, not the whole heap, so that one collection
+    # more or less in a run does not swamp a difference of a few thousand instructions.
+    gc.freeze()
     options: dict[str, Any] = {"compression": None, "ping_interval": None}
     if kind == "asyncio":
 
@@ -401,9 +415,10 @@ def _cpu_model() -> str:
 
 
 def _connect_sequentially(
-    port: int, first_bytes: Callable[[tuple[str, int]], bytes], n: int
+    port: int, first_bytes: Callable[[tuple[str, int]], bytes], n: int, batches: int = 0
 ) -> None:
-    """``n`` connections, one after the other: handshake, one echo, closing handshake."""
+    """``n`` connections, one after the other: handshake, one echo (or ``batches`` of
+    ``BATCH`` echoes), closing handshake."""
     for _ in range(n):
         with socket.socket() as sock:
             sock.settimeout(60)
@@ -419,22 +434,27 @@ def _connect_sequentially(
                 response += chunk
             if not response.startswith(b"HTTP/1.1 101"):
                 raise RuntimeError(f"no upgrade: {response[:60]!r}")
-            sock.sendall(MESSAGE + CLOSE)
-            while sock.recv(4096):  # the echo, the close frame, then the end of the stream
+            for frames, size in [(MESSAGES, BATCH * ECHO_SIZE)] * batches or [(MESSAGE, ECHO_SIZE)]:
+                sock.sendall(frames)
+                echoed = 0
+                while echoed < size:
+                    echoed += len(sock.recv(size - echoed))
+            sock.sendall(CLOSE)
+            while sock.recv(4096):  # the close frame, then the end of the stream
                 pass
 
 
-def instructions(kind: str, variant: str, count: int, workdir: Path) -> int:
+def instructions(kind: str, variant: str, count: int, workdir: Path, batches: int = 0) -> int:
     """User-space instructions of a server (start-up included) that served ``count``
-    connections, counted by callgrind."""
+    connections (each with ``batches`` of ``BATCH`` messages), counted by callgrind."""
     port = _free_port()
-    out = workdir / f"callgrind.{kind}.{variant}.{count}"
+    out = workdir / f"callgrind.{kind}.{variant}.{count}.{batches}"
     argv = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--serve", kind, variant, str(port), str(workdir / "cpu"),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED="0")
-    with (workdir / f"{kind}.{variant}.{count}.log").open("wb") as log:
+    with (workdir / f"{kind}.{variant}.{count}.{batches}.log").open("wb") as log:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 180
@@ -443,7 +463,7 @@ def instructions(kind: str, variant: str, count: int, workdir: Path) -> int:
                     raise RuntimeError(f"{kind} {variant} did not start under valgrind")
                 time.sleep(0.2)
             server = Server(kind, variant, port, process, workdir / "cpu")
-            _connect_sequentially(port, server.first_bytes, count)
+            _connect_sequentially(port, server.first_bytes, count, batches)
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -457,27 +477,37 @@ def instructions(kind: str, variant: str, count: int, workdir: Path) -> int:
     return int(match.group(1))
 
 
-def instructions_report(counts: tuple[int, int]) -> str:
-    """Instructions per connection, plain and proxied, each server: the difference between
-    two connection counts over their difference, so that start-up cancels out."""
+def instructions_report(counts: tuple[int, int], batches: tuple[int, int]) -> str:
+    """Instructions per connection and per message, plain and proxied, each server: the
+    difference between two runs over the difference of their counts, so that start-up
+    cancels out. Per message: one connection with one or the other number of batches."""
     low, high = counts
+    few, many = batches
     lines = [
-        f"Instructions per connection (callgrind, {low} and {high} sequential connections):",
+        f"Instructions, by callgrind: per connection from {low} and {high} sequential "
+        f"connections (one echo each); per message from one connection echoing "
+        f"{few * BATCH} and {many * BATCH} messages ({BATCH} at a time).",
         "",
-        "| server | plain | proxied | ratio |",
-        "|---|---|---|---|",
+        "| server | per connection, plain | proxied | ratio "
+        "| per message, plain | proxied | ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
         for kind in KINDS:
-            cost = {}
+            per_connection, per_message = {}, {}
             for variant in VARIANTS:
-                total = instructions(kind, variant, high, Path(tmp))
-                cost[variant] = (total - instructions(kind, variant, low, Path(tmp))) / (high - low)
-            plain, proxied = cost["plain"], cost["proxied"]
-            ratio = proxied / plain
-            lines.append(
-                f"| {kind} | {plain / 1000:,.1f}k | {proxied / 1000:,.1f}k | {ratio:.3f} |"
-            )
+                spent = instructions(kind, variant, high, workdir)
+                spent -= instructions(kind, variant, low, workdir)
+                per_connection[variant] = spent / (high - low)
+                spent = instructions(kind, variant, 1, workdir, many)
+                spent -= instructions(kind, variant, 1, workdir, few)
+                per_message[variant] = spent / ((many - few) * BATCH)
+            cells = []
+            for cost in (per_connection, per_message):
+                plain, proxied = cost["plain"], cost["proxied"]
+                cells.append(f"{plain:,.0f} | {proxied:,.0f} | {proxied / plain:.3f}")
+            lines.append(f"| {kind} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines) + "\n"
 
@@ -504,7 +534,8 @@ def main() -> int:
             serve(kind, variant, int(port), Path(cpu_file))
         return 0
     if arguments.instructions:
-        text = instructions_report(tuple(arguments.instructions))
+        low, high = arguments.instructions
+        text = instructions_report((low, high), (2, 20))
         print(text)
         if arguments.out:
             arguments.out.write_text(text)

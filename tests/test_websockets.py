@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl
 import sys
@@ -509,3 +510,41 @@ def test_your_own_sync_connection_class_reads_the_header_too() -> None:
 def test_create_connection_must_be_a_server_connection(serve: Any) -> None:
     with pytest.raises(TypeError, match="must be a subclass of websockets"):
         serve(_tagged_handler, "127.0.0.1", 0, policy=LOOPBACK_POLICY, create_connection=dict)
+
+
+def test_an_open_timeout_shorter_than_the_header_timeout_is_logged_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The asyncio server's handshake (under ``open_timeout``) starts with the connection,
+    as without a header: when it runs out first, the header timeout's line says so."""
+
+    async def run() -> tuple[tuple[str, int], bytes, str, float]:
+        async with proxyproto_mw.websockets.serve(
+            _tagged_handler,
+            "127.0.0.1",
+            0,
+            policy=TrustPolicy("127.0.0.1", timeout=30),
+            open_timeout=1,
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            sock = open_from("127.0.0.1", ("127.0.0.1", port))
+            sock.sendall(encode_v1(CLIENT, DESTINATION)[:12])
+            started = time.monotonic()
+            received, end = await asyncio.to_thread(drain, sock, 10)
+            seconds = time.monotonic() - started
+            peer = local_address(sock)
+            sock.close()
+            return peer, received, end, seconds
+
+    with caplog.at_level("WARNING", logger="proxyproto_mw"):
+        peer, received, end, seconds = asyncio.run(asyncio.wait_for(run(), 20))
+    assert (received, end) == (b"", "eof")
+    assert 1 <= seconds < 5
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "proxyproto_mw"]
+    found = re.fullmatch(
+        rf"closing connection from {re.escape(peer[0])}:{peer[1]}: no complete PROXY header "
+        r"within websockets' open_timeout \(([0-9.]+) s\)",
+        line,
+    )
+    assert found is not None, line
+    assert 1 <= float(found.group(1)) < 5

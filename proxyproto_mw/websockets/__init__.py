@@ -24,6 +24,7 @@ import asyncio
 import math
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -36,7 +37,7 @@ except ImportError as error:  # pragma: no cover - websockets < 13 has no asynci
     ) from error
 
 from ..decoder import NEED_DATA
-from ..errors import ProxyProtocolError
+from ..errors import HeaderTimeout, ProxyProtocolError
 from ..header import Address, ProxyHeader, ProxyProtocolInfo
 from ..policy import Admission, TrustPolicy, environment_policy, log_rejection
 
@@ -152,7 +153,14 @@ class ProxyProtocolConnection(ServerConnection):
         if admission is None and self.tls_context is None:  # mode off: nothing to read
             self._start(raw, None, b"")
             return
-        reader = _HeaderReader(self, raw, admission, peer)
+        reader = _HeaderReader(self, raw, admission, peer, policy.timeout)
+        if self.tls_context is None:
+            # The library's connection starts now, as it would without a header: its
+            # handler waits for the opening handshake (under open_timeout) while the reader
+            # holds the bytes back, so the handshake costs no event loop turn more.
+            reader.started = True
+            self.proxied = None
+            super().connection_made(raw)
         raw.set_protocol(reader)
         if admission is None:
             reader.admitted(None, b"")
@@ -174,6 +182,15 @@ class ProxyProtocolConnection(ServerConnection):
         if data:
             self.data_received(data)
 
+    def _resume(
+        self, transport: asyncio.Transport, proxied: ProxiedState | None, data: bytes
+    ) -> None:
+        """The header is in: the library's connection, started already, reads from here on."""
+        self.proxied = proxied
+        transport.set_protocol(self)
+        if data:
+            self.data_received(data)
+
 
 class _HeaderReader(asyncio.Protocol):
     """The transport's protocol until the header (and TLS after it) is in."""
@@ -183,9 +200,13 @@ class _HeaderReader(asyncio.Protocol):
         "connection",
         "deadline_tick",
         "deadlines",
+        "eof",
         "header",
         "peer",
         "pending_tls",
+        "since",
+        "started",
+        "timeout",
         "transport",
     )
 
@@ -195,11 +216,18 @@ class _HeaderReader(asyncio.Protocol):
         transport: asyncio.Transport,
         admission: Admission | None,
         peer: Address | None,
+        timeout: float,
     ) -> None:
         self.connection: ProxyProtocolConnection | None = connection
         self.transport = transport
         self.admission = admission
         self.peer = peer
+        self.timeout = timeout
+        self.since = time.monotonic()
+        self.started = False
+        """Whether the library's connection is made already (without TLS): it learns of
+        the end of a connection refused here, so that its handler ends."""
+        self.eof = False
         self.deadlines: _HeaderDeadlines | None = None
         self.deadline_tick = 0
         self.header: ProxyHeader | None = None
@@ -225,13 +253,31 @@ class _HeaderReader(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """End of stream before the header: let the transport close."""
+        self.eof = True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The connection ended before the header (or TLS) was complete: not logged."""
+        """The connection ended before the header (or TLS) was complete.
+
+        Not logged when the peer left, nor after a refusal (logged then). When this side
+        closed it with the header incomplete, websockets' ``open_timeout`` ran out first:
+        logged as the header timeout it is.
+        """
+        admission, self.admission = self.admission, None
         self.stop_waiting()
-        self.admission = None
-        self.connection = None
+        connection, self.connection = self.connection, None
+        if admission is not None and exc is None and not self.eof:
+            elapsed = time.monotonic() - self.since
+            error = (
+                admission.timed_out()
+                if elapsed >= self.timeout
+                else HeaderTimeout(
+                    f"no complete PROXY header within websockets' open_timeout ({elapsed:.3g} s)"
+                )
+            )
+            log_rejection(self.transport.get_extra_info("peername"), error)
+        if connection is not None and self.started:
+            connection.connection_lost(exc)
 
     def stop_waiting(self) -> None:
         deadlines = self.deadlines
@@ -247,7 +293,6 @@ class _HeaderReader(asyncio.Protocol):
     def reject(self, error: ProxyProtocolError) -> None:
         self.stop_waiting()
         self.admission = None
-        self.connection = None
         log_rejection(self.transport.get_extra_info("peername"), error)
         self.transport.abort()
 
@@ -259,7 +304,7 @@ class _HeaderReader(asyncio.Protocol):
             self.start_tls(connection, data)
             return
         self.connection = None
-        connection._start(self.transport, self.state(False), data)
+        connection._resume(self.transport, self.state(False), data)
 
     def state(self, tls: bool) -> ProxiedState | None:
         header = self.header
