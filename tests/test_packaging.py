@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -27,7 +28,8 @@ from tests.clients import HttpReader, open_from, request
 from tests.haproxy import ServerProcess, free_port
 from tests.servers import REPOSITORY
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+SLOW = pytest.mark.slow
+LONG = pytest.mark.timeout(300)
 
 CLIENT = ("198.51.100.7", 41234)
 """The client the header names (only ever written into a header, never connected to)."""
@@ -67,6 +69,8 @@ def the_one(directory: Path, pattern: str) -> Path:
     return found[0]
 
 
+@SLOW
+@LONG
 def test_the_sdist_has_the_sources_the_wheel_is_built_from(dist: Path) -> None:
     sdist = the_one(dist, f"proxyproto_mw-{__version__}.tar.gz")
     with tarfile.open(sdist) as archive:
@@ -83,6 +87,8 @@ def test_the_sdist_has_the_sources_the_wheel_is_built_from(dist: Path) -> None:
         assert name in names, f"{name} is missing from {sdist.name}"
 
 
+@SLOW
+@LONG
 def test_the_wheel_has_the_accelerator_the_types_and_the_declared_requirements(
     dist: Path,
 ) -> None:
@@ -116,6 +122,8 @@ def clean_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@SLOW
+@LONG
 def test_the_installed_wheel_is_accelerated_and_typed(clean_venv: Path) -> None:
     probe = textwrap.dedent(
         """
@@ -166,6 +174,8 @@ def sync_worker(clean_venv: Path, tmp_path: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
+@SLOW
+@LONG
 def test_sync_worker_serves_from_the_wheel_without_uvicorn(sync_worker: ServerProcess) -> None:
     """``pip install proxyproto-mw gunicorn flask`` then ``-k ...SyncWorker``: the app sees
     the header's client."""
@@ -173,3 +183,42 @@ def test_sync_worker_serves_from_the_wheel_without_uvicorn(sync_worker: ServerPr
         sock.sendall(encode_v1(CLIENT, ("127.0.0.1", 8080)) + request("/"))
         response = HttpReader(sock).response()
     assert response.json() == {"remote_addr": CLIENT[0], "remote_port": str(CLIENT[1])}
+
+
+INSTALL_LINES = [REPOSITORY / "README.md", *sorted((REPOSITORY / "examples").rglob("*.sh"))]
+
+
+def pip_install_arguments() -> list[tuple[str, str]]:
+    """``(file, argument)`` for every package argument of a ``pip install`` line."""
+    found = []
+    for path in INSTALL_LINES:
+        for line in path.read_text().splitlines():
+            # The arguments run to a comment, the end of a command or of inline code.
+            # examples/setup.sh's install_example "MODULES" PIP_ARGS... runs pip install too.
+            match = re.search(r'(?:pip install|^install_example "[^"]*") ([^#`&;|]*)', line)
+            if match is None:
+                continue
+            words = shlex.split(match.group(1).replace("$(echo ", "").replace(")[", "["))
+            found += [(path.name, word) for word in words if not word.startswith("-")]
+    return found
+
+
+def test_every_pip_install_line_installs_from_the_checkout_or_a_built_wheel() -> None:
+    """Until the package is on an index, README's and the examples' ``pip install`` lines name
+    the checkout (``.[extra]``) or a wheel of this version in ``dist/``, with extras that exist."""
+    extras = set(metadata.metadata("proxyproto-mw").get_all("Provides-Extra") or [])
+    arguments = pip_install_arguments()
+    assert ("README.md", ".[uvicorn]") in arguments, arguments
+    for source, argument in arguments:
+        assert not argument.startswith("proxyproto-mw"), (
+            f"{source}: pip install {argument}: the package is not on any index yet"
+        )
+        target, _, named = argument.partition("[")
+        if target.startswith("dist/"):
+            assert re.fullmatch(rf"dist/proxyproto_mw-{re.escape(__version__)}-\*\.whl", target), (
+                f"{source}: {argument} is not this version's wheel"
+            )
+        elif target != ".":
+            continue  # another package (flask, starlette, ...)
+        unknown = {name.strip() for name in named.rstrip("]").split(",") if name} - extras
+        assert not unknown, f"{source}: pip install {argument}: no extra {unknown}"
