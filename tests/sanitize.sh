@@ -83,7 +83,9 @@ export PYTHONMALLOC=malloc
 export PROXYPROTO_NO_EXTENSIONS=1
 status=0
 corpus=()
-[ "$atheris" = 1 ] && corpus=(--corpus "$build/corpus")  # removed with the build
+if [ "$atheris" = 1 ]; then
+  corpus=(--corpus "$build/corpus") # removed with the build
+fi
 "$python" tests/fuzz_speedups.py --extension "$extension" ${corpus[@]+"${corpus[@]}"} "$@" || status=$?
 case $status in
   0) ;;
