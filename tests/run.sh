@@ -167,9 +167,10 @@ done
 # The declared minimums: what relies on the other projects, i.e. the contracts and the
 # end-to-end tests. gunicorn 26's own gthread worker drops pipelined requests after the first
 # (fixed in 27), so the test that pipelines on gthread is left out there.
-end_to_end=(tests/test_contracts.py)
-for module in uvicorn uvicorn_state gunicorn gunicorn_wsgi werkzeug asgi websockets cli demo \
-  chat_example websockets_chat_example testing; do
+# In the main suite's (alphabetical) order.
+end_to_end=()
+for module in asgi chat_example cli contracts demo gunicorn gunicorn_wsgi testing uvicorn \
+  uvicorn_state websockets websockets_chat_example werkzeug; do
   [ -f "tests/test_$module.py" ] && end_to_end+=("tests/test_$module.py")
 done
 if install_package minimums; then
