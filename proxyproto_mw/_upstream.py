@@ -393,8 +393,9 @@ SEAMS: tuple[Seam, ...] = (
     Seam(
         "websockets",
         "websockets.asyncio.server:ServerConnection.connection_made",
-        "connection_made() starts the connection's handler task (opening handshake, "
-        "open_timeout), so calling it only once the header is in keeps the header from it",
+        "connection_made() takes the transport and starts the handler task (opening "
+        "handshake under open_timeout) without reading: the adapter calls it while its own "
+        "reader holds the bytes until the header is in (with TLS, once TLS is up)",
         "proxyproto_mw.websockets.__init__",
         parameters=("transport",),
         mentions=("super().connection_made(transport)", "handler"),

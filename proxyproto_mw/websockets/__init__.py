@@ -6,13 +6,15 @@ each connection as a :class:`ProxyProtocolConnection`, which can also be given t
 library's own ``serve`` as ``create_connection=``.
 
 Each connection first goes through the policy's
-:class:`~proxyproto_mw.policy.Admission`: bytes are held back until the header is in
-(nothing is written before), and a connection that cannot be served is closed without a
-byte and logged once. Then the connection becomes the library's own: its opening
-handshake starts, and later bytes go straight to websockets' methods, with no call of
-ours in between. ``connection.remote_address`` and ``connection.local_address`` answer
-the header's client and server addresses from then on; :func:`proxy_protocol` gives the
-handler the decoded header as the ASGI extension holds it.
+:class:`~proxyproto_mw.policy.Admission`: a small reader owns the transport and holds every
+byte back until the header is in (nothing is written before), and a connection that cannot
+be served is closed without a byte and logged once. Meanwhile the library's connection has
+started as it would without a header (its handler waits for the opening handshake, under
+``open_timeout``); once the header is in, the transport is handed to it and later bytes go
+straight to websockets' methods, with no call of ours in between.
+``connection.remote_address`` and ``connection.local_address`` answer the header's client
+and server addresses; :func:`proxy_protocol` gives the handler the decoded header as the
+ASGI extension holds it.
 
 With ``ssl=``, the header is read in clear and TLS starts after it on the same connection,
 which is what a balancer passing TLS through (an NLB TCP listener) sends.
@@ -83,7 +85,8 @@ class ProxyProtocolConnection(ServerConnection):
     library's TLS would start before the header, which is sent in clear.
 
     Until the header is in, the transport talks to a :class:`_HeaderReader`; then it is
-    handed to this connection, whose asyncio callbacks are the library's own.
+    handed to this connection, whose asyncio callbacks are the library's own. With TLS the
+    library's connection starts only once TLS is up, on the TLS transport.
     """
 
     policy: ClassVar[TrustPolicy | None] = None
@@ -138,7 +141,8 @@ class ProxyProtocolConnection(ServerConnection):
         return super().local_address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Read the header first; the library's connection starts once it is in."""
+        """Start the library's connection (with TLS: once TLS is up) and hand the transport
+        to a reader that holds the bytes back until the header is in."""
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
