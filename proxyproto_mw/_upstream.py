@@ -344,14 +344,6 @@ SEAMS: tuple[Seam, ...] = (
     ),
     Seam(
         "uvicorn",
-        "uvicorn.server:Server.shutdown",
-        "shutdown calls shutdown() on every protocol in server_state.connections, where a "
-        "connection still waiting for its header is, so that it is closed",
-        _UVICORN,
-        mentions=("server_state.connections", ".shutdown()"),
-    ),
-    Seam(
-        "uvicorn",
         "uvicorn.config:Config.load",
         "load() looks a --http string up with import_from_string (getattr on our module) "
         "in every serving process before it listens: there check_start_up runs",
