@@ -93,8 +93,8 @@ class TLSSettings:
     ssl_version: int = ssl.PROTOCOL_TLS_SERVER
     cert_reqs: int = ssl.CERT_NONE
     ca_certs: str | None = None
-    ciphers: str | None = "TLSv1"
-    """uvicorn's default ``--ssl-ciphers``."""
+    ciphers: str | None = None
+    """None: OpenSSL's defaults, as uvicorn's ``--ssl-ciphers``."""
 
     def context(self) -> ssl.SSLContext:
         """A server-side context; ``OSError`` / ``ssl.SSLError`` if a file cannot be loaded."""
@@ -318,7 +318,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     uvicorn builds one per connection, as any ``--http`` class, with ``config``,
     ``server_state`` and ``app_state``; uvicorn's own protocol is built only once the
-    header is in, with the same arguments.
+    header is in, with the same arguments. Until then uvicorn does not count the
+    connection: a shutdown neither waits for it nor cuts off a header and request already
+    on their way (the header timeout ends a silent one).
     """
 
     http_protocol: ClassVar[type[asyncio.Protocol]]
@@ -409,7 +411,6 @@ class ProxyProtocol(asyncio.Protocol):
         if admission is None:  # mode off
             self._admitted(peer, Admitted(None, b""))
             return
-        self._server_state.connections.add(self)
         deadlines = _deadlines.get(self._loop)
         if deadlines is None:  # the first connection in a while
             deadlines = _deadlines[self._loop] = _HeaderDeadlines(self._loop)
@@ -444,16 +445,9 @@ class ProxyProtocol(asyncio.Protocol):
         """The connection ended before the header was complete."""
         self._stop_waiting()
 
-    def shutdown(self) -> None:
-        """uvicorn is shutting down: close a connection still waiting for its header."""
-        self._stop_waiting()
-        self._admission = None
-        self._transport.abort()
-
     # the header
 
     def _stop_waiting(self) -> None:
-        self._server_state.connections.discard(self)
         deadlines = _deadlines.get(self._loop)
         if deadlines is not None:
             deadlines.waiting.discard(self)
