@@ -280,7 +280,9 @@ def proxied_test_client(
 _RUNNING = re.compile(r"Uvicorn running on https?://(\S+):(\d+) ")
 _PROTOCOLS: dict[str, Any] = {"httptools": HttpToolsProtocol, "h11": H11Protocol}
 """The ``http=`` choices: this package's uvicorn protocol classes."""
-_LOGGERS = ("uvicorn", "proxyproto_mw")
+_LOGGERS = ("uvicorn.error", "uvicorn.access", "proxyproto_mw")
+"""Each named, not their parent: uvicorn's ``access_log=False`` stops ``uvicorn.access``
+propagating, for the whole process."""
 
 
 class ServedUvicorn:
