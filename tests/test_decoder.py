@@ -991,7 +991,7 @@ def test_v1_round_trip(addresses: tuple[tuple[str, int], tuple[str, int]]) -> No
     source, destination = addresses
     header, rest = decoded(encode_v1(source, destination))
     assert header.version == 1 and header.command is PROXY and header.transport is STREAM
-    assert header.family is (Family.INET if "." in source[0] else Family.INET6)
+    assert header.family is (Family.INET if ":" not in source[0] else Family.INET6)
     if ":" not in source[0]:
         assert (header.source, header.destination) == (source, destination)
     assert same_address(header.source, source)
@@ -1011,7 +1011,7 @@ def test_v2_round_trip(
     data = encode_v2(source, destination, transport=transport, tlvs=tlvs, checksum=checksum)
     header, rest = decoded(data)
     assert (header.version, header.command, header.transport) == (2, PROXY, transport)
-    assert header.family is (Family.INET if "." in source[0] else Family.INET6)
+    assert header.family is (Family.INET if ":" not in source[0] else Family.INET6)
     assert same_address(header.source, source)
     assert same_address(header.destination, destination)
     assert rest == b""
