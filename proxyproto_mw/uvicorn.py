@@ -26,6 +26,7 @@ import asyncio
 import copyreg
 import logging
 import math
+import multiprocessing
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -676,9 +677,10 @@ def _uvicorn_command_options() -> dict[str, Any] | None:
 
 
 def _fail(message: str) -> NoReturn:
-    """Stop at start-up: under the ``uvicorn`` command one line (an ERROR through uvicorn's
+    """Stop at start-up: under the ``uvicorn`` command, or in a worker or reload process
+    (which uvicorn starts with multiprocessing), one line (an ERROR through uvicorn's
     logging) and uvicorn's start-up failure status; elsewhere an exception saying the same."""
-    if _uvicorn_command_options() is not None:
+    if _uvicorn_command_options() is not None or multiprocessing.parent_process() is not None:
         _route_logging()
         logger.error("%s", message)
         raise SystemExit(STARTUP_FAILURE)
