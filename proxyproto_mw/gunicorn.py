@@ -48,11 +48,12 @@ import threading
 import time
 from collections.abc import Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from gunicorn.workers import gthread as _gthread
 from gunicorn.workers import sync as _sync
 
+from ._upstream import require
 from .blocking import HeaderReader, finish_header, receive_header, reject
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ConnectionClosed, ProxyProtocolError
@@ -113,10 +114,15 @@ def policy_from_config(cfg: Any) -> TrustPolicy:
 class _ChecksProxySettings:
     """The PROXY settings checked once, in the master, before any worker starts."""
 
+    GUNICORN_MINIMUM: ClassVar[str] = "26"
+    """The oldest gunicorn these workers are tested with (``TConn.close(graceful)``, the
+    ``--proxy-protocol`` choices)."""
+
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         """Stop gunicorn with a message naming the setting that cannot be used."""
         try:
+            require("gunicorn", cls.GUNICORN_MINIMUM, f"-k {cls.__module__}.{cls.__name__}")
             policy_from_config(cfg)
         except ConfigurationError as error:
             log.error("Error: %s", error)
