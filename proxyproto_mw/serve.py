@@ -2,15 +2,15 @@
 
 ``proxyproto-mw serve APP [--proxy-trusted ...] [--proxy-mode ...] [--proxy-timeout ...]
 [any uvicorn option]`` runs uvicorn with this package's protocol classes. The PROXY
-options override the ``PROXYPROTO_*`` variables and are handed to uvicorn's worker and
-reload processes through them. With ``--ssl-keyfile`` / ``--ssl-certfile`` the header is
-read in clear first and TLS starts after it on the same connection, as behind an ELB TCP
-listener on 443 or nginx's ``listen 443 proxy_protocol ssl``.
+options override the ``PROXYPROTO_*`` variables; the policy and the TLS settings reach
+uvicorn's worker and reload processes inside the protocol class, which pickles (the key's
+password never goes through the environment). With ``--ssl-keyfile`` / ``--ssl-certfile``
+the header is read in clear first and TLS starts after it on the same connection, as
+behind an ELB TCP listener on 443 or nginx's ``listen 443 proxy_protocol ssl``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -20,10 +20,10 @@ from importlib.util import find_spec
 from typing import Any
 
 import click
-from uvicorn.config import create_ssl_context
 from uvicorn.main import main as uvicorn_main
 
 from . import __version__
+from . import uvicorn as protocols
 from .errors import ConfigurationError
 from .policy import (
     DEFAULT_TIMEOUT,
@@ -34,21 +34,9 @@ from .policy import (
     Mode,
     TrustPolicy,
 )
+from .uvicorn import TLSSettings
 
 __all__ = ["serve"]
-
-TLS_VARIABLE = "PROXYPROTO_SERVE_TLS"
-"""Set by ``serve`` for its own processes: uvicorn's SSL options, as JSON."""
-
-_SSL_OPTIONS = (
-    "ssl_keyfile",
-    "ssl_certfile",
-    "ssl_keyfile_password",
-    "ssl_version",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ciphers",
-)
 
 _HTTP_CHOICES = ("auto", "h11", "httptools")
 _LEFT_OUT = frozenset({"http", "http2", "version"})
@@ -56,36 +44,24 @@ _LEFT_OUT = frozenset({"http", "http2", "version"})
 (``--http2`` needs uvicorn's own zttp protocol, which reads no PROXY header)."""
 
 
-def _tls_context_from_environment() -> ssl.SSLContext | None:
-    raw = os.environ.get(TLS_VARIABLE)
-    if not raw:
-        return None
-    options = json.loads(raw)
-    return create_ssl_context(
-        certfile=options["ssl_certfile"],
-        keyfile=options["ssl_keyfile"],
-        password=options["ssl_keyfile_password"],
-        ssl_version=options["ssl_version"],
-        cert_reqs=options["ssl_cert_reqs"],
-        ca_certs=options["ssl_ca_certs"],
-        ciphers=options["ssl_ciphers"],
-    )
-
-
-def _protocol_class(choice: str, tls_context: ssl.SSLContext | None) -> Any:
-    """This package's uvicorn protocol for ``--http``: httptools when installed (``auto``)."""
+def _protocol_class(choice: str, policy: TrustPolicy, tls: TLSSettings | None) -> Any:
+    """This package's uvicorn protocol for ``--http`` (httptools when installed, for
+    ``auto``), carrying ``policy`` and ``tls`` into uvicorn's worker and reload processes."""
     has_httptools = find_spec("httptools") is not None
     if choice == "httptools" and not has_httptools:
         raise click.UsageError(
             "--http httptools: httptools is not installed "
             "(pip install httptools, or use --http h11)"
         )
-    # Imported here: the httptools protocol exists only where httptools does.
-    from . import uvicorn as protocols  # noqa: PLC0415
-
-    if choice == "h11" or not has_httptools:
-        return protocols.H11Protocol.with_policy(None, tls_context=tls_context)
-    return protocols.HttpToolsProtocol.with_policy(None, tls_context=tls_context)
+    # The classes themselves: looking them up as uvicorn does would check the environment's
+    # policy, which the flags may override.
+    base: Any = protocols._PROTOCOLS["H11Protocol"]
+    if choice != "h11" and has_httptools:
+        base = protocols._PROTOCOLS["HttpToolsProtocol"]
+    try:
+        return base.with_policy(policy, tls=tls)
+    except (OSError, ssl.SSLError) as error:
+        raise click.UsageError(f"cannot load the TLS certificate or key: {error}") from None
 
 
 def _policy(
@@ -130,35 +106,29 @@ def _serve(
     **uvicorn_options: Any,
 ) -> None:
     policy = _policy(proxy_trusted, proxy_mode, proxy_timeout)
-    # uvicorn's worker and reload processes read the policy from the environment.
-    for variable, value in (
-        (TRUSTED_VARIABLE, proxy_trusted),
-        (MODE_VARIABLE, proxy_mode),
-        (TIMEOUT_VARIABLE, None if proxy_timeout is None else repr(proxy_timeout)),
-    ):
-        if value is not None:
-            os.environ[variable] = value
-    tls = {name: uvicorn_options[name] for name in _SSL_OPTIONS}
-    context = None
-    if tls["ssl_certfile"]:
-        os.environ[TLS_VARIABLE] = json.dumps(tls)
-        try:
-            context = _tls_context_from_environment()
-        except (OSError, ssl.SSLError) as error:
-            raise click.UsageError(f"cannot load the TLS certificate or key: {error}") from None
-    elif tls["ssl_keyfile"]:
+    tls = None
+    if uvicorn_options["ssl_certfile"]:
+        tls = TLSSettings(
+            certfile=uvicorn_options["ssl_certfile"],
+            keyfile=uvicorn_options["ssl_keyfile"],
+            password=uvicorn_options["ssl_keyfile_password"],
+            ssl_version=uvicorn_options["ssl_version"],
+            cert_reqs=uvicorn_options["ssl_cert_reqs"],
+            ca_certs=uvicorn_options["ssl_ca_certs"],
+            ciphers=uvicorn_options["ssl_ciphers"],
+        )
+    elif uvicorn_options["ssl_keyfile"]:
         raise click.UsageError("--ssl-keyfile needs --ssl-certfile")
-    else:
-        os.environ.pop(TLS_VARIABLE, None)
+    # TLS is ours, after the header: uvicorn must not put its own in front of it. The policy
+    # and the TLS settings reach uvicorn's worker and reload processes inside the class.
     for name in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"):
         uvicorn_options[name] = None
-    uvicorn_options["http"] = _protocol_class(http, context)
+    uvicorn_options["http"] = _protocol_class(http, policy, tls)
     for param in uvicorn_main.params:
         if param.name in _LEFT_OUT and param.expose_value and param.name != "http":
             uvicorn_options[param.name] = param.default
-    if context is not None:
+    if tls is not None:
         logging.getLogger("uvicorn.error").addFilter(_announce_https)
-    click.echo(f"proxyproto-mw: {policy!r}, TLS {'on' if context else 'off'}", err=True)
     assert uvicorn_main.callback is not None
     uvicorn_main.callback(**uvicorn_options)
 

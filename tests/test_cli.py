@@ -193,7 +193,6 @@ def _wait_for_children(pid: int, count: int, timeout: float = 15.0) -> Sequence[
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(reason="in progress: with_policy classes are not picklable yet", strict=False)
 def test_tls_with_workers_keeps_the_key_password_out_of_every_environment(
     tmp_path: Path, certificate: tuple[Path, Path]
 ) -> None:
