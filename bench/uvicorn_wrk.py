@@ -1068,8 +1068,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             env=env,
             bench=bench,
         )
-        write_chart(args.out / "uvicorn.png", summaries)
-        print(f"\nwrote {args.out / 'uvicorn.md'} and {args.out / 'uvicorn.png'}")
+        try:
+            write_chart(args.out / "uvicorn.png", summaries)
+        except ModuleNotFoundError as error:  # matplotlib: pip install -e '.[bench]'
+            print(f"\nwrote {args.out / 'uvicorn.md'}; no chart ({error})")
+        else:
+            print(f"\nwrote {args.out / 'uvicorn.md'} and {args.out / 'uvicorn.png'}")
     return 0
 
 
