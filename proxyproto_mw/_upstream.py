@@ -80,7 +80,7 @@ _GUNICORN = "proxyproto_mw.gunicorn"
 _UVICORN_WORKER = "proxyproto_mw.uvicorn_worker"
 _UVICORN = "proxyproto_mw.uvicorn"
 _WERKZEUG = "proxyproto_mw.werkzeug"
-_CLI = "proxyproto_mw.cli"
+_SERVE = "proxyproto_mw.serve"
 
 SEAMS: tuple[Seam, ...] = (
     # gunicorn: the sync and gthread workers (proxyproto_mw.gunicorn's SyncWorker, ThreadWorker)
@@ -241,7 +241,7 @@ SEAMS: tuple[Seam, ...] = (
         "uvicorn",
         "uvicorn.config:create_ssl_context",
         "create_ssl_context builds the TLS context from uvicorn's TLS options",
-        _CLI,
+        _UVICORN,
         parameters=(
             "certfile",
             "keyfile",
@@ -258,7 +258,7 @@ SEAMS: tuple[Seam, ...] = (
         "uvicorn.main:main",
         "uvicorn's command is a click Command whose params are its options and whose "
         "callback(**options) runs uvicorn: serve takes both",
-        _CLI,
+        _SERVE,
         attributes=("params", "callback"),
     ),
     # uvicorn: proxyproto_mw.uvicorn's ProxyProtocol hands each connection to uvicorn's own
