@@ -55,11 +55,11 @@ import httpx
 import uvicorn
 from websockets.sync.client import ClientConnection, connect
 
+from . import uvicorn as protocols
 from .decoder import NEED_DATA, decode
 from .encoder import encode, encode_v1, encode_v2
 from .header import TLV, Address, Command, ProxyHeader
 from .policy import MODE_VARIABLE, TIMEOUT_VARIABLE, TRUSTED_VARIABLE, TrustPolicy
-from .uvicorn import H11Protocol, HttpToolsProtocol
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -278,7 +278,8 @@ def proxied_test_client(
 # --- a real uvicorn ------------------------------------------------------------------------
 
 _RUNNING = re.compile(r"Uvicorn running on https?://(\S+):(\d+) ")
-_PROTOCOLS: dict[str, Any] = {"httptools": HttpToolsProtocol, "h11": H11Protocol}
+_PROTOCOLS = {"httptools": "HttpToolsProtocol", "h11": "H11Protocol"}
+"""``http=``: the name of the class in :mod:`proxyproto_mw.uvicorn`."""
 """The ``http=`` choices: this package's uvicorn protocol classes."""
 _LOGGERS = ("uvicorn.error", "uvicorn.access", "proxyproto_mw")
 """Each named, not their parent: uvicorn's ``access_log=False`` stops ``uvicorn.access``
@@ -470,7 +471,7 @@ def serve_uvicorn(
     if isinstance(app, str):
         argv = [
             sys.executable, "-m", "uvicorn", app, "--host", host, "--port", "0",
-            "--http", f"proxyproto_mw.uvicorn:{_PROTOCOLS[http].__name__}", "--ws", ws, *args,
+            "--http", f"proxyproto_mw.uvicorn:{_PROTOCOLS[http]}", "--ws", ws, *args,
         ]  # fmt: skip
         environment = {
             **os.environ,
@@ -481,8 +482,12 @@ def serve_uvicorn(
         with _serve_process(argv, environment, host, start_timeout) as served:
             yield served
     else:
+        # The class itself: looking it up as uvicorn does would read the environment's policy.
+        protocol_class = protocols._PROTOCOLS[_PROTOCOLS[http]]
+        if protocol_class is None:
+            raise ImportError(protocols.HTTPTOOLS_MISSING_MESSAGE)
         config = uvicorn.Config(
-            app, host=host, http=_PROTOCOLS[http].with_policy(policy), ws=ws, log_config=None
+            app, host=host, http=protocol_class.with_policy(policy), ws=ws, log_config=None
         )
         with _serve_thread(config, start_timeout) as served:
             yield served
