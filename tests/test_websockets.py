@@ -548,3 +548,38 @@ def test_an_open_timeout_shorter_than_the_header_timeout_is_logged_as_such(
     )
     assert found is not None, line
     assert 1 <= float(found.group(1)) < 5
+
+
+def test_an_open_timeout_equal_to_the_header_timeout_ends_the_header_as_in_other_adapters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With no timer of the adapter's own (the library's open_timeout is no longer than the
+    header timeout), a header that never completes is logged with the usual line."""
+
+    async def run() -> tuple[tuple[str, int], bytes, str, float]:
+        async with proxyproto_mw.websockets.serve(
+            _tagged_handler,
+            "127.0.0.1",
+            0,
+            policy=TrustPolicy("127.0.0.1", timeout=3),
+            open_timeout=3,
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            sock = open_from("127.0.0.1", ("127.0.0.1", port))
+            sock.sendall(encode_v2(CLIENT, DESTINATION)[:20])
+            started = time.monotonic()
+            received, end = await asyncio.to_thread(drain, sock, 10)
+            seconds = time.monotonic() - started
+            peer = local_address(sock)
+            sock.close()
+            return peer, received, end, seconds
+
+    with caplog.at_level("WARNING", logger="proxyproto_mw"):
+        peer, received, end, seconds = asyncio.run(asyncio.wait_for(run(), 20))
+    assert (received, end) == (b"", "eof")
+    assert 2.9 <= seconds < 6
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxyproto_mw"]
+    assert lines == [
+        f"closing connection from {peer[0]}:{peer[1]}: no complete PROXY header within 3 s "
+        "(20 bytes received)"
+    ]

@@ -95,6 +95,11 @@ class ProxyProtocolConnection(ServerConnection):
     """Serve TLS on the connection after the header."""
     tls_handshake_timeout: ClassVar[float | None] = 10.0
     """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
+    open_timeout: ClassVar[float | None] = None
+    """The library's ``open_timeout``, when :func:`serve` knows it. Without TLS the library's
+    handshake timer runs from the start of the connection, so when it is no longer than the
+    policy's header timeout it bounds the header too (and is logged as the header timeout),
+    and no timer of ours is needed; None (unknown, or no timeout): always one of ours."""
 
     proxied: ProxiedState | None = None
     """The connection's header and what follows from it; None without a header."""
@@ -106,13 +111,16 @@ class ProxyProtocolConnection(ServerConnection):
         *,
         tls: ssl.SSLContext | None = None,
         tls_handshake_timeout: float | None = 10.0,
+        open_timeout: float | None = None,
     ) -> type[_C]:
         """A subclass applying ``policy`` (None: the environment's); with ``tls`` it serves
-        TLS after the header."""
+        TLS after the header. Give the library's ``open_timeout`` when you pass the class to
+        the library's own ``serve`` with it."""
         namespace = {
             "policy": policy,
             "tls_context": tls,
             "tls_handshake_timeout": tls_handshake_timeout,
+            "open_timeout": open_timeout,
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
         }
@@ -168,6 +176,12 @@ class ProxyProtocolConnection(ServerConnection):
         raw.set_protocol(reader)
         if admission is None:
             reader.admitted(None, b"")
+            return
+        open_timeout = self.open_timeout
+        if reader.started and open_timeout is not None and open_timeout <= policy.timeout:
+            # The library's handshake timer, started above, ends a header that never comes
+            # (reader.connection_lost logs it): an armed timer of ours would cost every turn
+            # of the event loop a clock reading.
             return
         deadlines = self.server.__dict__.get("proxyproto_deadlines")
         if deadlines is None:
@@ -274,7 +288,7 @@ class _HeaderReader(asyncio.Protocol):
             elapsed = time.monotonic() - self.since
             error = (
                 admission.timed_out()
-                if elapsed >= self.timeout
+                if elapsed + 0.05 >= self.timeout  # asyncio's timers may fire a tick early
                 else HeaderTimeout(
                     f"no complete PROXY header within websockets' open_timeout ({elapsed:.3g} s)"
                 )
@@ -473,6 +487,7 @@ def serve(
             policy,
             tls=tls,
             tls_handshake_timeout=handshake_timeout,
+            open_timeout=websockets_options.get("open_timeout", 10),
         ),
         **websockets_options,
     )
