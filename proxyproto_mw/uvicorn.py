@@ -31,6 +31,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
@@ -152,39 +153,30 @@ class ProxiedTransport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The header's view of ``name``, else the real transport's."""
+        # In the order uvicorn's connection_made asks: socket (twice), sockname, peername,
+        # sslcontext.
         if name == "socket":
             return None  # uvicorn asks the socket first: so that it asks for peername
-        if name == "peername":
-            return self._header.source
         if name == "sockname":
             return self._header.destination
+        if name == "peername":
+            return self._header.source
+        if name == "sslcontext" and not self._tls:
+            return default  # a plain TCP transport has none
         if name == "proxy_protocol":
             return self._header
         return self._transport.get_extra_info(name, default)
 
-    def is_closing(self) -> bool:
-        """The real transport's."""
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        """The real transport's."""
-        self._transport.close()
-
-    def pause_reading(self) -> None:
-        """The real transport's."""
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        """The real transport's."""
-        self._transport.resume_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        """The real transport's (uvicorn's WebSocket upgrade)."""
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        """The real transport's."""
-        return self._transport.get_protocol()
+    # The real transport's own methods, looked up in C (no Python frame per call).
+    is_closing = property(attrgetter("_transport.is_closing"), doc="The real transport's.")
+    close = property(attrgetter("_transport.close"), doc="The real transport's.")
+    pause_reading = property(attrgetter("_transport.pause_reading"), doc="The real transport's.")
+    resume_reading = property(attrgetter("_transport.resume_reading"), doc="The real transport's.")
+    set_protocol = property(
+        attrgetter("_transport.set_protocol"),
+        doc="The real transport's (uvicorn's WebSocket upgrade).",
+    )
+    get_protocol = property(attrgetter("_transport.get_protocol"), doc="The real transport's.")
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)
