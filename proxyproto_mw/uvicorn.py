@@ -41,7 +41,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
-from .header import Address, ProxyHeader, ProxyProtocolInfo
+from .header import Address, Command, ProxyHeader, ProxyProtocolInfo
 from .policy import Admission, Admitted, TrustPolicy, environment_policy, log_rejection, logger
 
 try:
@@ -64,6 +64,7 @@ ASGIApp = Callable[..., Awaitable[None]]
 STARTUP_FAILURE = 3
 """uvicorn's exit status for a start-up that failed (``uvicorn.main.STARTUP_FAILURE``)."""
 _P = TypeVar("_P", bound="ProxyProtocol")
+_PROXY = Command.PROXY
 
 UVICORN_TLS_MESSAGE = (
     "uvicorn's --ssl-* options put TLS in front of the protocol, so the PROXY header, which "
@@ -184,7 +185,26 @@ class ProxiedTransport:
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """The server's app, with the header in the scope's extensions (beside the
         server's own)."""
-        info = self._header.as_dict(self._peer, tls=self._tls)
+        header = self._header
+        if header.tlvs:
+            info = header.as_dict(self._peer, tls=self._tls)
+        else:  # most headers: the same dict as as_dict's, without its TLV look-ups
+            info = {
+                "version": header.version,
+                "command": "PROXY" if header.command is _PROXY else "LOCAL",
+                "client": header.source,
+                "server": header.destination,
+                "peer": self._peer,
+                "tls": self._tls,
+                "tlvs": {},
+                "alpn": None,
+                "authority": None,
+                "unique_id": None,
+                "ssl": None,
+                "aws_vpce_id": None,
+                "gcp_psc_connection_id": None,
+                "azure_private_link_id": None,
+            }
         extensions = scope.get("extensions")
         if scope["type"] == "websocket":
             # The app holds this scope for as long as the WebSocket is open.
