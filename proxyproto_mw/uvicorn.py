@@ -282,40 +282,42 @@ def _ws_protocol_with_header(ws_protocol_class: Any) -> Any:
 class _HeaderDeadlines:
     """The connections of one event loop still waiting for their header, under one timer.
 
-    Watching a connection costs a set insertion and reading a counter: no timer and no
-    clock per connection. Every ``INTERVAL`` seconds a sweep advances ``tick`` and closes
-    the connections whose deadline has passed: at least their timeout after they arrived
-    (a late sweep only makes it later), and less than two ``INTERVAL``s more on an idle
-    loop. The loop's entry is dropped when no connection waits.
+    Watching a connection costs a dict insertion of the sweep count it arrived at: no
+    timer and no clock per connection. Every ``INTERVAL`` seconds a sweep advances
+    ``tick`` and closes the connections whose deadline has passed: at least their timeout
+    after they arrived (a late sweep only makes it later), and less than two ``INTERVAL``s
+    more on an idle loop. The loop's entry is dropped when no connection waits.
     """
 
     INTERVAL = 0.25
 
-    __slots__ = ("_loop", "_timer", "tick", "waiting")
+    __slots__ = ("_loop", "tick", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._timer: asyncio.TimerHandle | None = None
         self.tick = 0
-        self.waiting: set[ProxyProtocol] = set()
-
-    def watch(self, protocol: ProxyProtocol, timeout: float) -> None:
-        """Time out ``protocol``'s header after ``timeout`` s, unless it leaves ``waiting``."""
-        # One sweep more than the timeout spans: part of the current interval has passed.
-        protocol._deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
-        self.waiting.add(protocol)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
+        self.waiting: dict[ProxyProtocol, int] = {}
+        """Each connection waiting for its header, with the ``tick`` it arrived at."""
+        loop.call_later(self.INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
         self.tick += 1
         tick = self.tick
-        for protocol in [p for p in self.waiting if p._deadline_tick <= tick]:
+        spans: dict[float, int] = {}
+        expired = []
+        for protocol, arrived in self.waiting.items():
+            timeout = type(protocol).policy.timeout  # type: ignore[union-attr]
+            span = spans.get(timeout)
+            if span is None:
+                # One sweep more than the timeout spans: part of the first interval had passed.
+                span = spans[timeout] = math.ceil(timeout / self.INTERVAL) + 1
+            if tick - arrived >= span:
+                expired.append(protocol)
+        for protocol in expired:
             protocol._header_timed_out()
         if self.waiting:
-            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
+            self._loop.call_later(self.INTERVAL, self._sweep)
         else:
-            self._timer = None
             _deadlines.pop(self._loop, None)
 
 
@@ -351,14 +353,15 @@ class ProxyProtocol(asyncio.Protocol):
         "_admission",
         "_app_state",
         "_config",
-        "_deadline_tick",
         "_loop",
         "_pending_tls_data",
         "_server_state",
         "_transport",
+        "_waiting",
     )
     _admission: Admission | None
-    _deadline_tick: int
+    _waiting: dict[ProxyProtocol, int] | None
+    """The loop's connections waiting for their header (None: not watched)."""
     _pending_tls_data: bytearray | None
     """Bytes that arrive while the TLS handshake after the header is being started."""
 
@@ -410,7 +413,6 @@ class ProxyProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the admission; uvicorn's protocol is built once the header is in."""
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
-        self._admission = None
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
@@ -418,10 +420,12 @@ class ProxyProtocol(asyncio.Protocol):
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
             # connects and leaves): there is no one to serve.
+            self._admission = self._waiting = None
             transport.abort()  # type: ignore[attr-defined]
             return
         admission = self._admission = policy.admission(peer or None)
         if admission is None:  # mode off
+            self._waiting = None
             self._admitted(peer, Admitted(None, b""))
             return
         deadlines = _deadlines.get(self._loop)
@@ -430,7 +434,8 @@ class ProxyProtocol(asyncio.Protocol):
             if self.unannounced:
                 type(self).unannounced = False
                 _announce(policy, self.tls_context is not None)
-        deadlines.watch(self, policy.timeout)
+        waiting = self._waiting = deadlines.waiting
+        waiting[self] = deadlines.tick
 
     def data_received(self, data: bytes) -> None:
         """Feed the admission until the header is complete."""
@@ -445,9 +450,12 @@ class ProxyProtocol(asyncio.Protocol):
             self._reject(error)
             return
         if admitted is not NEED_DATA:
-            self._stop_waiting()
+            self._waiting.pop(self, None)  # type: ignore[union-attr]  # watched with its admission
             self._admission = None
-            self._admitted(admission.peer, admitted)
+            if self.tls_context is not None:
+                self._start_tls(admission.peer, admitted)
+            else:
+                self._hand_over(self._transport, admitted.header, admission.peer, admitted.data)
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
@@ -461,9 +469,9 @@ class ProxyProtocol(asyncio.Protocol):
     # the header
 
     def _stop_waiting(self) -> None:
-        deadlines = _deadlines.get(self._loop)
-        if deadlines is not None:
-            deadlines.waiting.discard(self)
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.pop(self, None)
 
     def _header_timed_out(self) -> None:
         admission = self._admission
