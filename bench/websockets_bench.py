@@ -29,7 +29,7 @@ between rounds; the summary gives the median of the per-round ratios (proxied / 
 their range. The goals: message throughput at least 0.99 of plain, CPU per connection
 within 3 %.
 
-``--instructions N1 N2`` (about 6 minutes for 20 and 60; needs valgrind) counts instead the
+``--instructions N1 N2`` (about 5 minutes for 50 and 250; needs valgrind) counts instead the
 user-space instructions of each server under callgrind: for N1 and then N2 sequential
 connections from 127.0.0.1 (the difference over N2 - N1 is one connection's cost, start-up
 cancelled out), and for one connection echoing 64 and then 640 messages. Instruction
