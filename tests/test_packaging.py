@@ -99,6 +99,12 @@ def test_the_wheel_has_the_accelerator_the_types_and_the_declared_requirements(
         entry_points = archive.read(f"proxyproto_mw-{__version__}.dist-info/entry_points.txt")
     assert any(re.fullmatch(r"proxyproto_mw/_speedups\..*\.so", name) for name in names), names
     assert {"proxyproto_mw/py.typed", "proxyproto_mw/_speedups.pyi"} <= names
+    # Every module of the checkout's package, subpackages included.
+    sources = {
+        path.relative_to(REPOSITORY).as_posix()
+        for path in (REPOSITORY / "proxyproto_mw").rglob("*.py")
+    }
+    assert sources <= names, sorted(sources - names)
     assert not any(name.startswith("tests/") for name in names)
     assert b"proxyproto-mw = proxyproto_mw.cli:main" in entry_points
     # The same requirements and extras as the checkout's own (editable) install declares.
