@@ -46,6 +46,7 @@ from ..policy import Admission, TrustPolicy, environment_policy, log_rejection
 __all__ = ["ProxiedState", "ProxyProtocolConnection", "proxy_protocol", "serve"]
 
 _C = TypeVar("_C", bound="ProxyProtocolConnection")
+_P = TypeVar("_P", bound="ProxiedConnection")
 
 
 class ProxiedState:
@@ -74,7 +75,38 @@ class ProxiedState:
         return info
 
 
-class ProxyProtocolConnection(ServerConnection):
+class ProxiedConnection:
+    """What the asyncio and the threaded ``ProxyProtocolConnection`` share: their settings,
+    the header and the header's server address. Put before the library's connection class
+    in the bases."""
+
+    policy: ClassVar[TrustPolicy | None] = None
+    """None: the policy from the ``PROXYPROTO_*`` environment variables."""
+    tls_context: ClassVar[ssl.SSLContext | None] = None
+    """Serve TLS on the connection after the header."""
+    tls_handshake_timeout: ClassVar[float | None] = 10.0
+    """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
+
+    proxied: ProxiedState | None = None
+    """The connection's header and what follows from it; None without a header."""
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The connection's PROXY header; None when it came without one."""
+        proxied = self.proxied
+        return None if proxied is None else proxied.header
+
+    @property
+    def local_address(self) -> Any:
+        """The address the client reached: the header's, else the socket's own."""
+        proxied = self.proxied
+        if proxied is not None and proxied.server is not None:
+            return proxied.server
+        library: Any = super()
+        return library.local_address
+
+
+class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
     """A :class:`websockets.asyncio.server.ServerConnection` that starts with a PROXY header.
 
     Pass it (or a class from :meth:`with_policy`) as ``create_connection=`` to
@@ -89,20 +121,11 @@ class ProxyProtocolConnection(ServerConnection):
     library's connection starts only once TLS is up, on the TLS transport.
     """
 
-    policy: ClassVar[TrustPolicy | None] = None
-    """None: the policy from the ``PROXYPROTO_*`` environment variables."""
-    tls_context: ClassVar[ssl.SSLContext | None] = None
-    """Serve TLS on the connection after the header."""
-    tls_handshake_timeout: ClassVar[float | None] = 10.0
-    """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
     open_timeout: ClassVar[float | None] = None
     """The library's ``open_timeout``, when :func:`serve` knows it. Without TLS the library's
     handshake timer runs from the start of the connection, so when it is no longer than the
     policy's header timeout it bounds the header too (and is logged as the header timeout),
     and no timer of ours is needed; None (unknown, or no timeout): always one of ours."""
-
-    proxied: ProxiedState | None = None
-    """The connection's header and what follows from it; None without a header."""
 
     @classmethod
     def with_policy(
@@ -116,21 +139,13 @@ class ProxyProtocolConnection(ServerConnection):
         """A subclass applying ``policy`` (None: the environment's); with ``tls`` it serves
         TLS after the header. Give the library's ``open_timeout`` when you pass the class to
         the library's own ``serve`` with it."""
-        namespace = {
-            "policy": policy,
-            "tls_context": tls,
-            "tls_handshake_timeout": tls_handshake_timeout,
-            "open_timeout": open_timeout,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        }
-        return type(cls.__name__, (cls,), namespace)
-
-    @property
-    def proxy_header(self) -> ProxyHeader | None:
-        """The connection's PROXY header; None when it came without one."""
-        proxied = self.proxied
-        return None if proxied is None else proxied.header
+        return with_settings(
+            cls,
+            policy=policy,
+            tls_context=tls,
+            tls_handshake_timeout=tls_handshake_timeout,
+            open_timeout=open_timeout,
+        )
 
     @property
     def remote_address(self) -> Any:
@@ -139,14 +154,6 @@ class ProxyProtocolConnection(ServerConnection):
         if proxied is not None and proxied.client is not None:
             return proxied.client
         return super().remote_address
-
-    @property
-    def local_address(self) -> Any:
-        """The address the client reached: the header's, else the socket's own."""
-        proxied = self.proxied
-        if proxied is not None and proxied.server is not None:
-            return proxied.server
-        return super().local_address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the library's connection (with TLS: once TLS is up) and hand the transport
@@ -426,34 +433,46 @@ def _deliver(transport: asyncio.BaseTransport, data: bytes) -> None:
         protocol.data_received(data)
 
 
-def proxy_protocol(connection: ServerConnection) -> ProxyProtocolInfo | None:
+def with_settings(cls: type[_P], **settings: Any) -> type[_P]:
+    """A subclass of ``cls``, of the same name, with ``settings`` as class attributes."""
+    namespace = {**settings, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), namespace)
+
+
+def proxy_protocol(connection: object) -> ProxyProtocolInfo | None:
     """The connection's PROXY header as ASGI's ``scope["extensions"]["proxy_protocol"]``
     holds it, or None when the connection came without one."""
     proxied = getattr(connection, "proxied", None)
     return None if proxied is None else proxied.as_dict()
 
 
+def adapted_class(
+    create_connection: type[Any] | None, library: type[Any], adapter: type[_P]
+) -> type[_P]:
+    """``create_connection`` (a subclass of the library's connection class ``library``)
+    reading a PROXY header first, as ``adapter`` (the adapter for ``library``) does."""
+    if create_connection is None:
+        return adapter
+    if not (isinstance(create_connection, type) and issubclass(create_connection, library)):
+        raise TypeError(
+            f"create_connection={create_connection!r} must be a subclass of "
+            f"{library.__module__}.{library.__qualname__}"
+        )
+    if issubclass(create_connection, adapter):
+        return create_connection
+    combined: type[_P] = type(
+        create_connection.__name__,
+        (adapter, create_connection),
+        {"__module__": create_connection.__module__},
+    )
+    return combined
+
+
 def connection_class(
     create_connection: type[ServerConnection] | None,
 ) -> type[ProxyProtocolConnection]:
     """``create_connection`` (a ServerConnection subclass) reading a PROXY header first."""
-    if create_connection is None:
-        return ProxyProtocolConnection
-    if not (
-        isinstance(create_connection, type) and issubclass(create_connection, ServerConnection)
-    ):
-        raise TypeError(
-            f"create_connection={create_connection!r} must be a subclass of "
-            "websockets.asyncio.server.ServerConnection"
-        )
-    if issubclass(create_connection, ProxyProtocolConnection):
-        return create_connection
-    combined: type[ProxyProtocolConnection] = type(
-        create_connection.__name__,
-        (ProxyProtocolConnection, create_connection),
-        {"__module__": create_connection.__module__},
-    )
-    return combined
+    return adapted_class(create_connection, ServerConnection, ProxyProtocolConnection)
 
 
 def serve(

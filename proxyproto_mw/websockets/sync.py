@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import websockets.sync.server
 from websockets.server import ServerProtocol
@@ -30,16 +30,16 @@ from websockets.sync.server import Server, ServerConnection
 
 from ..blocking import receive_header, reject
 from ..errors import ConnectionClosed, ProxyProtocolError
-from ..header import Address, ProxyHeader, ProxyProtocolInfo
+from ..header import Address
 from ..policy import TrustPolicy, environment_policy
-from . import ProxiedState
+from . import ProxiedConnection, ProxiedState, adapted_class, proxy_protocol, with_settings
 
 __all__ = ["ProxyProtocolConnection", "proxy_protocol", "serve"]
 
 _C = TypeVar("_C", bound="ProxyProtocolConnection")
 
 
-class ProxyProtocolConnection(ServerConnection):
+class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
     """A :class:`websockets.sync.server.ServerConnection` that starts with a PROXY header.
 
     Pass it (or a class from :meth:`with_policy`) as ``create_connection=`` to
@@ -50,15 +50,6 @@ class ProxyProtocolConnection(ServerConnection):
     the header, which is sent in clear.
     """
 
-    policy: ClassVar[TrustPolicy | None] = None
-    """None: the policy from the ``PROXYPROTO_*`` environment variables."""
-    tls_context: ClassVar[ssl.SSLContext | None] = None
-    """Serve TLS on the connection after the header."""
-    tls_handshake_timeout: ClassVar[float | None] = 10.0
-    """Seconds for the TLS handshake after the header (the library's ``open_timeout``)."""
-
-    proxied: ProxiedState | None = None
-    """The connection's header and what follows from it; None without a header."""
     _peer: Any = None
     """The socket's peer, as ``getpeername()`` told it before the connection started."""
 
@@ -72,14 +63,9 @@ class ProxyProtocolConnection(ServerConnection):
     ) -> type[_C]:
         """A subclass applying ``policy`` (None: the environment's); with ``tls`` it serves
         TLS after the header."""
-        namespace = {
-            "policy": policy,
-            "tls_context": tls,
-            "tls_handshake_timeout": tls_handshake_timeout,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        }
-        return type(cls.__name__, (cls,), namespace)
+        return with_settings(
+            cls, policy=policy, tls_context=tls, tls_handshake_timeout=tls_handshake_timeout
+        )
 
     def __init__(
         self, sock: socket.socket, protocol: ServerProtocol, *args: Any, **kwargs: Any
@@ -114,12 +100,6 @@ class ProxyProtocolConnection(ServerConnection):
         super().__init__(sock, protocol, *args, **kwargs)
 
     @property
-    def proxy_header(self) -> ProxyHeader | None:
-        """The connection's PROXY header; None when it came without one."""
-        proxied = self.proxied
-        return None if proxied is None else proxied.header
-
-    @property
     def remote_address(self) -> Any:
         """The client's address: the header's, else the socket's peer (still known once
         the socket is closed)."""
@@ -127,14 +107,6 @@ class ProxyProtocolConnection(ServerConnection):
         if proxied is not None and proxied.client is not None:
             return proxied.client
         return self._peer
-
-    @property
-    def local_address(self) -> Any:
-        """The address the client reached: the header's, else the socket's own."""
-        proxied = self.proxied
-        if proxied is not None and proxied.server is not None:
-            return proxied.server
-        return super().local_address
 
 
 def _start_tls(
@@ -154,34 +126,11 @@ def _start_tls(
     return tls
 
 
-def proxy_protocol(connection: ServerConnection) -> ProxyProtocolInfo | None:
-    """The connection's PROXY header as ASGI's ``scope["extensions"]["proxy_protocol"]``
-    holds it, or None when the connection came without one."""
-    proxied = getattr(connection, "proxied", None)
-    return None if proxied is None else proxied.as_dict()
-
-
 def connection_class(
     create_connection: type[ServerConnection] | None,
 ) -> type[ProxyProtocolConnection]:
     """``create_connection`` (a ServerConnection subclass) reading a PROXY header first."""
-    if create_connection is None:
-        return ProxyProtocolConnection
-    if not isinstance(create_connection, type) or not issubclass(
-        create_connection, ServerConnection
-    ):
-        raise TypeError(
-            f"create_connection={create_connection!r} must be a subclass of "
-            "websockets.sync.server.ServerConnection"
-        )
-    if issubclass(create_connection, ProxyProtocolConnection):
-        return create_connection
-    combined: type[ProxyProtocolConnection] = type(
-        create_connection.__name__,
-        (ProxyProtocolConnection, create_connection),
-        {"__module__": create_connection.__module__},
-    )
-    return combined
+    return adapted_class(create_connection, ServerConnection, ProxyProtocolConnection)
 
 
 def serve(
