@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import copyreg
 import logging
-import math
 import multiprocessing
 import socket
 import ssl
@@ -39,6 +38,8 @@ from uvicorn.config import Config, create_ssl_context
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
+from .deadlines import HeaderDeadlines, Waiting, feed
+from .deadlines import by_loop as _deadlines
 from .decoder import NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
 from .header import Address, Command, ProxyHeader, ProxyProtocolInfo
@@ -276,55 +277,6 @@ def _ws_protocol_with_header(ws_protocol_class: Any) -> Any:
     return subclass
 
 
-# --- header deadlines ------------------------------------------------------------------------
-
-
-class _HeaderDeadlines:
-    """The connections of one event loop still waiting for their header, under one timer.
-
-    Watching a connection costs a dict insertion of the sweep count it arrived at: no
-    timer and no clock per connection. Every ``INTERVAL`` seconds a sweep advances
-    ``tick`` and closes the connections whose deadline has passed: at least their timeout
-    after they arrived (a late sweep only makes it later), and less than two ``INTERVAL``s
-    more on an idle loop. The loop's entry is dropped when no connection waits.
-    """
-
-    INTERVAL = 0.25
-
-    __slots__ = ("_loop", "tick", "waiting")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.tick = 0
-        self.waiting: dict[ProxyProtocol, int] = {}
-        """Each connection waiting for its header, with the ``tick`` it arrived at."""
-        loop.call_later(self.INTERVAL, self._sweep)
-
-    def _sweep(self) -> None:
-        self.tick += 1
-        tick = self.tick
-        spans: dict[float, int] = {}
-        expired = []
-        for protocol, arrived in self.waiting.items():
-            timeout = type(protocol).policy.timeout  # type: ignore[union-attr]
-            span = spans.get(timeout)
-            if span is None:
-                # One sweep more than the timeout spans: part of the first interval had passed.
-                span = spans[timeout] = math.ceil(timeout / self.INTERVAL) + 1
-            if tick - arrived >= span:
-                expired.append(protocol)
-        for protocol in expired:
-            protocol._header_timed_out()
-        if self.waiting:
-            self._loop.call_later(self.INTERVAL, self._sweep)
-        else:
-            _deadlines.pop(self._loop, None)
-
-
-_deadlines: dict[asyncio.AbstractEventLoop, _HeaderDeadlines] = {}
-"""Per event loop: this module's own state, not an attribute on uvicorn's objects."""
-
-
 # --- the protocol uvicorn builds per connection -----------------------------------------------
 
 
@@ -360,7 +312,7 @@ class ProxyProtocol(asyncio.Protocol):
         "_waiting",
     )
     _admission: Admission | None
-    _waiting: dict[ProxyProtocol, int] | None
+    _waiting: dict[Waiting, int] | None
     """The loop's connections waiting for their header (None: not watched)."""
     _pending_tls_data: bytearray | None
     """Bytes that arrive while the TLS handshake after the header is being started."""
@@ -430,7 +382,7 @@ class ProxyProtocol(asyncio.Protocol):
             return
         deadlines = _deadlines.get(self._loop)
         if deadlines is None:  # the first connection in a while
-            deadlines = _deadlines[self._loop] = _HeaderDeadlines(self._loop)
+            deadlines = _deadlines[self._loop] = HeaderDeadlines(self._loop)
             if self.unannounced:
                 type(self).unannounced = False
                 _announce(policy, self.tls_context is not None)
@@ -473,7 +425,8 @@ class ProxyProtocol(asyncio.Protocol):
         if waiting is not None:
             waiting.pop(self, None)
 
-    def _header_timed_out(self) -> None:
+    def header_timed_out(self) -> None:
+        """Close the connection: its header did not come in time (the sweep calls it)."""
         admission = self._admission
         if admission is not None:
             self._reject(admission.timed_out())
@@ -544,7 +497,7 @@ class ProxyProtocol(asyncio.Protocol):
             # start_tls connects its TLS protocol and resumes reading from callbacks it
             # schedules when the task first runs; this runs right after them, before the
             # loop polls the socket again, so the ClientHello bytes keep their order.
-            loop.call_soon(loop.call_soon, _feed, raw, admitted.data)
+            loop.call_soon(loop.call_soon, feed, raw, admitted.data)
 
         def tls_ready(done: asyncio.Task[asyncio.Transport | None]) -> None:
             pending = bytes(self._pending_tls_data or b"")
@@ -566,21 +519,6 @@ class ProxyProtocol(asyncio.Protocol):
 def _is_ip_socket(transport: asyncio.BaseTransport) -> bool:
     sock = transport.get_extra_info("socket")
     return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-
-
-def _feed(transport: asyncio.BaseTransport, data: bytes) -> None:
-    """Deliver bytes already read from the socket to the transport's current protocol."""
-    protocol: Any = transport.get_protocol()
-    if hasattr(protocol, "buffer_updated"):
-        view = memoryview(data)
-        while view:
-            buffer = protocol.get_buffer(len(view))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            protocol.buffer_updated(size)
-            view = view[size:]
-    else:
-        protocol.data_received(data)
 
 
 class _H11Protocol(ProxyProtocol):

@@ -23,7 +23,6 @@ which is what a balancer passing TLS through (an NLB TCP listener) sends.
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 import ssl
 import time
@@ -38,6 +37,7 @@ except ImportError as error:  # pragma: no cover - websockets < 13 has no asynci
         "proxyproto_mw.websockets needs websockets >= 13: pip install 'websockets>=13'"
     ) from error
 
+from ..deadlines import HeaderDeadlines, Waiting, by_loop, feed
 from ..decoder import NEED_DATA
 from ..errors import HeaderTimeout, ProxyProtocolError
 from ..header import Address, ProxyHeader, ProxyProtocolInfo
@@ -172,7 +172,7 @@ class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
         if admission is None and self.tls_context is None:  # mode off: nothing to read
             self._start(raw, None, b"")
             return
-        reader = _HeaderReader(self, raw, admission, peer, policy.timeout)
+        reader = _HeaderReader(self, raw, admission, peer, policy)
         if self.tls_context is None:
             # The library's connection starts now, as it would without a header: its
             # handler waits for the opening handshake (under open_timeout) while the reader
@@ -190,12 +190,12 @@ class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
             # (reader.connection_lost logs it): an armed timer of ours would cost every turn
             # of the event loop a clock reading.
             return
-        deadlines = self.server.__dict__.get("proxyproto_deadlines")
-        if deadlines is None:
-            deadlines = _HeaderDeadlines(self.loop)
-            self.server.proxyproto_deadlines = deadlines  # type: ignore[attr-defined]
-        reader.deadlines = deadlines
-        deadlines.watch(reader, policy.timeout)
+        loop = self.loop
+        deadlines = by_loop.get(loop)
+        if deadlines is None:  # the first connection in a while
+            deadlines = by_loop[loop] = HeaderDeadlines(loop)
+        waiting = reader.waiting = deadlines.waiting
+        waiting[reader] = deadlines.tick
 
     def _start(
         self, transport: asyncio.Transport, proxied: ProxiedState | None, data: bytes
@@ -223,16 +223,15 @@ class _HeaderReader(asyncio.Protocol):
     __slots__ = (
         "admission",
         "connection",
-        "deadline_tick",
-        "deadlines",
         "eof",
         "header",
         "peer",
         "pending_tls",
+        "policy",
         "since",
         "started",
-        "timeout",
         "transport",
+        "waiting",
     )
 
     def __init__(
@@ -241,20 +240,20 @@ class _HeaderReader(asyncio.Protocol):
         transport: asyncio.Transport,
         admission: Admission | None,
         peer: Address | None,
-        timeout: float,
+        policy: TrustPolicy,
     ) -> None:
         self.connection: ProxyProtocolConnection | None = connection
         self.transport = transport
         self.admission = admission
         self.peer = peer
-        self.timeout = timeout
+        self.policy: TrustPolicy = policy
         self.since = time.monotonic()
         self.started = False
         """Whether the library's connection is made already (without TLS): it learns of
         the end of a connection refused here, so that its handler ends."""
         self.eof = False
-        self.deadlines: _HeaderDeadlines | None = None
-        self.deadline_tick = 0
+        self.waiting: dict[Waiting, int] | None = None
+        """The table of the loop's connections waiting for their header, while in it."""
         self.header: ProxyHeader | None = None
         self.pending_tls: bytearray | None = None
 
@@ -295,7 +294,7 @@ class _HeaderReader(asyncio.Protocol):
             elapsed = time.monotonic() - self.since
             error = (
                 admission.timed_out()
-                if elapsed + 0.05 >= self.timeout  # asyncio's timers may fire a tick early
+                if elapsed + 0.05 >= self.policy.timeout  # asyncio's timers may fire a tick early
                 else HeaderTimeout(
                     f"no complete PROXY header within websockets' open_timeout ({elapsed:.3g} s)"
                 )
@@ -305,12 +304,13 @@ class _HeaderReader(asyncio.Protocol):
             connection.connection_lost(exc)
 
     def stop_waiting(self) -> None:
-        deadlines = self.deadlines
-        if deadlines is not None:
-            deadlines.waiting.discard(self)
-            self.deadlines = None
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.pop(self, None)
+            self.waiting = None
 
-    def timed_out(self) -> None:
+    def header_timed_out(self) -> None:
+        """Close the connection: its header did not come in time (the sweep calls it)."""
         self.stop_waiting()
         if self.admission is not None:
             self.reject(self.admission.timed_out())
@@ -356,7 +356,7 @@ class _HeaderReader(asyncio.Protocol):
             # start_tls connects its TLS protocol and resumes reading in callbacks that it
             # schedules when the task first runs; this runs right after them, before the
             # loop reads the socket again, so the ClientHello's bytes keep their order.
-            loop.call_soon(loop.call_soon, _deliver, raw, data)
+            loop.call_soon(loop.call_soon, feed, raw, data)
         task.add_done_callback(self.tls_started)
 
     def tls_started(self, done: asyncio.Task[Any]) -> None:
@@ -378,59 +378,9 @@ class _HeaderReader(asyncio.Protocol):
         connection._start(done.result(), self.state(True), pending)
 
 
-class _HeaderDeadlines:
-    """The connections of one server still waiting for their header, under one timer.
-
-    Watching a connection costs a set insertion and reading a counter, no timer of its
-    own. Every ``INTERVAL`` seconds a sweep advances ``tick`` and closes the connections
-    whose deadline has passed: at least their timeout after they arrived, and less than two
-    intervals more on an idle loop.
-    """
-
-    INTERVAL = 0.25
-
-    __slots__ = ("_loop", "_timer", "tick", "waiting")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self.tick = 0
-        self.waiting: set[_HeaderReader] = set()
-
-    def watch(self, reader: _HeaderReader, timeout: float) -> None:
-        """Time out ``reader``'s header after ``timeout`` s, unless it leaves ``waiting``."""
-        # One sweep more than the timeout spans: part of the current interval has passed.
-        reader.deadline_tick = self.tick + math.ceil(timeout / self.INTERVAL) + 1
-        self.waiting.add(reader)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self.INTERVAL, self._sweep)
-
-    def _sweep(self) -> None:
-        self.tick += 1
-        tick = self.tick
-        for reader in [r for r in self.waiting if r.deadline_tick <= tick]:
-            reader.timed_out()
-        self._timer = self._loop.call_later(self.INTERVAL, self._sweep) if self.waiting else None
-
-
 def _is_ip_socket(transport: asyncio.BaseTransport) -> bool:
     sock = transport.get_extra_info("socket")
     return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-
-
-def _deliver(transport: asyncio.BaseTransport, data: bytes) -> None:
-    """Give bytes already read from the socket to the transport's current protocol."""
-    protocol: Any = transport.get_protocol()
-    if isinstance(protocol, asyncio.BufferedProtocol):
-        view = memoryview(data)
-        while view:
-            buffer = memoryview(protocol.get_buffer(len(view)))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            protocol.buffer_updated(size)
-            view = view[size:]
-    else:
-        protocol.data_received(data)
 
 
 def with_settings(cls: type[_P], **settings: Any) -> type[_P]:
