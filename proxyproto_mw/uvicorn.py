@@ -505,10 +505,12 @@ class ProxyProtocol(asyncio.Protocol):
             error = done.exception() if not done.cancelled() else None
             tls_transport = None if error is not None or done.cancelled() else done.result()
             if tls_transport is None:
-                log_rejection(
-                    peer,
-                    ProxyProtocolError(f"TLS handshake after the PROXY header failed: {error}"),
+                after = (
+                    "after the PROXY header"
+                    if admitted.header is not None
+                    else "(the connection came without a PROXY header)"
                 )
+                log_rejection(peer, ProxyProtocolError(f"TLS handshake {after} failed: {error}"))
                 raw.abort()
                 return
             self._hand_over(tls_transport, admitted.header, peer, pending)

@@ -172,6 +172,27 @@ def test_plain_http_on_the_tls_port_is_refused_saying_so(tls_server: Serve) -> N
     assert "TLS handshake" not in line
 
 
+def test_plain_http_from_an_untrusted_peer_fails_tls_without_blaming_a_header(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    key, cert = certificate
+    with Serve(
+        tmp_path,
+        "--proxy-trusted", "127.0.0.1",
+        "--ssl-keyfile", str(key),
+        "--ssl-certfile", str(cert),
+    ) as server:  # fmt: skip
+        mark = server.mark()
+        sock = open_from("127.0.0.5", server.address)
+        with sock:
+            sock.sendall(request("/"))
+            sock.settimeout(8)
+            assert sock.recv(100) == b""
+        (line,) = mark.wait_for("127.0.0.5")
+    assert "TLS handshake (the connection came without a PROXY header) failed" in line
+    assert "after the PROXY header" not in line
+
+
 def _environ(pid: int) -> bytes:
     return Path(f"/proc/{pid}/environ").read_bytes()
 
