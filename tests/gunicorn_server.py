@@ -91,7 +91,9 @@ def gunicorn_argv(
 ) -> list[str]:
     """The command line a user types, with ``python -m`` for the test's interpreter.
 
-    The control socket is off: its default path is shared by every gunicorn of a user.
+    The control socket is off: its default path is shared by every gunicorn of a user. The
+    rejection log's bound is lifted (``tests/gunicorn_every_rejection.py``), unless ``extra``
+    names another ``-c``.
     """
     argv = [sys.executable, "-m", "gunicorn", "-k", WORKERS.get(worker, worker)]
     argv += ["-w", str(workers), *proxy_protocol]
@@ -99,8 +101,10 @@ def gunicorn_argv(
         argv += ["--proxy-allow-from", allow_from]
     for bind in binds:
         argv += ["-b", bind]
-    argv += ["--graceful-timeout", str(GRACEFUL_TIMEOUT), "--no-control-socket", *extra, app]
-    return argv
+    argv += ["--graceful-timeout", str(GRACEFUL_TIMEOUT), "--no-control-socket"]
+    if "-c" not in extra:  # one WARNING line per refused connection, for the assertions
+        argv += ["-c", str(Path(__file__).with_name("gunicorn_every_rejection.py"))]
+    return [*argv, *extra, app]
 
 
 def _processes() -> Iterator[tuple[int, list[str]]]:
