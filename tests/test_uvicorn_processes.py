@@ -389,6 +389,15 @@ def test_gunicorn_workers_without_httptools(
 # --- shutdown -----------------------------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    sys.version_info >= (3, 12),
+    reason=(
+        "known bug: since Python 3.12 asyncio's Server.wait_closed(), which uvicorn's shutdown "
+        "awaits, waits for every open connection, and one still sending its header is closed "
+        "only by the header timeout"
+    ),
+    strict=True,
+)
 def test_shutdown_is_not_held_up_by_a_connection_waiting_for_its_header(tmp_path: Path) -> None:
     """uvicorn waits at shutdown for the connections it counts; one still waiting for its
     header is not among them: the server exits at once, the connection closed without a
