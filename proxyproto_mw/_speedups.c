@@ -13,6 +13,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -39,6 +40,27 @@
 
 static const char V2_SIGNATURE[12] = "\r\n\r\n\x00\r\nQUIT\n";
 
+/* The str the transport view compares or stores: interned once per module. */
+enum {
+    N_SOCKET, N_SOCKNAME, N_PEERNAME, N_SSLCONTEXT, N_PROXY_PROTOCOL, N_GET_EXTRA_INFO,
+    N_TYPE, N_HTTP, N_EXTENSIONS, N_SCHEME, N_HTTPS, N_CALL_SLOW, N_WRITE,
+    /* the scope extension's keys, in ProxyHeader.as_dict's order */
+    N_VERSION, N_COMMAND, N_CLIENT, N_SERVER, N_PEER, N_TLS, N_TLVS, N_ALPN, N_AUTHORITY,
+    N_UNIQUE_ID, N_SSL, N_AWS_VPCE_ID, N_GCP_PSC_CONNECTION_ID, N_AZURE_PRIVATE_LINK_ID,
+    N_PROXY, N_LOCAL,
+    NAME_COUNT
+};
+#define INFO_FIRST N_VERSION
+#define INFO_LAST N_AZURE_PRIVATE_LINK_ID
+
+static const char *const NAME_TEXT[NAME_COUNT] = {
+    "socket", "sockname", "peername", "sslcontext", "proxy_protocol", "get_extra_info",
+    "type", "http", "extensions", "scheme", "https", "_call_slow", "write",
+    "version", "command", "client", "server", "peer", "tls", "tlvs", "alpn", "authority",
+    "unique_id", "ssl", "aws_vpce_id", "gcp_psc_connection_id", "azure_private_link_id",
+    "PROXY", "LOCAL",
+};
+
 typedef struct {
     PyObject *fallback;        /* the pure-Python decode */
     PyTypeObject *decoded;     /* Decoded */
@@ -49,6 +71,8 @@ typedef struct {
     PyObject *stream;          /* TransportProtocol.STREAM */
     PyObject *empty_tlvs;      /* () */
     PyTypeObject *tlv;         /* TLV */
+    PyObject *names[NAME_COUNT]; /* interned str, see NAME_TEXT */
+    PyObject *view_type;       /* TransportView */
 } speedups_state;
 
 static inline speedups_state *
@@ -738,6 +762,298 @@ speedups_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
+static struct PyModuleDef speedups_module;
+
+/* --- the uvicorn adapter's transport view -------------------------------------------- */
+
+/* proxyproto_mw.uvicorn.ProxiedTransport's base when the accelerator is built: the same
+ * fields and answers as the pure-Python _PythonTransportView, which stays the reference.
+ * Calling it serves the common request (an HTTP scope, a header without TLVs) here;
+ * everything else goes to the Python method _call_slow. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *transport;
+    PyObject *header;
+    PyObject *peer;
+    PyObject *app;
+    PyObject *write;
+    char tls;
+    speedups_state *st; /* the module's: its type holds the module */
+} ViewObject;
+
+static PyObject *
+view_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *transport, *header, *peer, *app;
+    int tls;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || !PyTuple_Check(args) ||
+        PyTuple_GET_SIZE(args) != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "TransportView(transport, header, peer, app, tls) takes 5 positional "
+                        "arguments");
+        return NULL;
+    }
+    transport = PyTuple_GET_ITEM(args, 0);
+    header = PyTuple_GET_ITEM(args, 1);
+    peer = PyTuple_GET_ITEM(args, 2);
+    app = PyTuple_GET_ITEM(args, 3);
+    tls = PyObject_IsTrue(PyTuple_GET_ITEM(args, 4));
+    if (tls < 0) {
+        return NULL;
+    }
+    PyObject *module = PyType_GetModuleByDef(type, &speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    speedups_state *st = get_state(module);
+    if (st->header == NULL || !PyObject_TypeCheck(header, st->header)) {
+        PyErr_SetString(PyExc_TypeError, "TransportView: header must be a ProxyHeader");
+        return NULL;
+    }
+    PyObject *write = PyObject_GetAttr(transport, st->names[N_WRITE]);
+    if (write == NULL) {
+        return NULL;
+    }
+    ViewObject *self = (ViewObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(write);
+        return NULL;
+    }
+    self->transport = Py_NewRef(transport);
+    self->header = Py_NewRef(header);
+    self->peer = Py_NewRef(peer);
+    self->app = Py_NewRef(app);
+    self->write = write;
+    self->tls = (char)tls;
+    self->st = st;
+    return (PyObject *)self;
+}
+
+static int
+view_traverse(ViewObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->transport);
+    Py_VISIT(self->header);
+    Py_VISIT(self->peer);
+    Py_VISIT(self->app);
+    Py_VISIT(self->write);
+    return 0;
+}
+
+static int
+view_clear(ViewObject *self)
+{
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->header);
+    Py_CLEAR(self->peer);
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->write);
+    return 0;
+}
+
+static void
+view_dealloc(ViewObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)view_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static inline int
+is_name(PyObject *name, PyObject *interned)
+{
+    return name == interned ||
+           (PyUnicode_CheckExact(name) && PyUnicode_Compare(name, interned) == 0);
+}
+
+/* The header's item `index` (a ProxyHeader is a tuple: source 4, destination 5, tlvs 6). */
+#define HEADER_ITEM(self, index) PyTuple_GET_ITEM((self)->header, (index))
+
+PyDoc_STRVAR(view_get_extra_info_doc,
+"get_extra_info($self, name, default=None, /)\n"
+"--\n"
+"\n"
+"The header's view of ``name``, else the real transport's.");
+
+static PyObject *
+view_get_extra_info(ViewObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get_extra_info() takes 1 or 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    PyObject *name = args[0];
+    PyObject *fallback = nargs == 2 ? args[1] : Py_None;
+    PyObject **names = self->st->names;
+    /* In the order uvicorn's connection_made asks: socket (twice), sockname, peername,
+     * sslcontext. */
+    if (is_name(name, names[N_SOCKET])) {
+        Py_RETURN_NONE; /* uvicorn asks the socket first: so that it asks for peername */
+    }
+    if (is_name(name, names[N_SOCKNAME])) {
+        return Py_NewRef(HEADER_ITEM(self, 5));
+    }
+    if (is_name(name, names[N_PEERNAME])) {
+        return Py_NewRef(HEADER_ITEM(self, 4));
+    }
+    if (!self->tls && is_name(name, names[N_SSLCONTEXT])) {
+        return Py_NewRef(fallback); /* a plain TCP transport has none */
+    }
+    if (is_name(name, names[N_PROXY_PROTOCOL])) {
+        return Py_NewRef(self->header);
+    }
+    PyObject *call[3] = {self->transport, name, fallback};
+    return PyObject_VectorcallMethod(names[N_GET_EXTRA_INFO], call,
+                                     3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* The scope extension of a header without TLVs: ProxyHeader.as_dict's dict. */
+static PyObject *
+view_info(ViewObject *self)
+{
+    speedups_state *st = self->st;
+    PyObject **names = st->names;
+    PyObject *info = PyDict_New();
+    if (info == NULL) {
+        return NULL;
+    }
+    PyObject *tlvs = PyDict_New();
+    PyObject *values[INFO_LAST - INFO_FIRST + 1] = {
+        PyTuple_GET_ITEM(self->header, 0),
+        HEADER_ITEM(self, 1) == st->proxy ? names[N_PROXY] : names[N_LOCAL],
+        HEADER_ITEM(self, 4),
+        HEADER_ITEM(self, 5),
+        self->peer,
+        self->tls ? Py_True : Py_False,
+        tlvs,
+        Py_None, Py_None, Py_None, Py_None, Py_None, Py_None, Py_None,
+    };
+    if (tlvs == NULL) {
+        Py_DECREF(info);
+        return NULL;
+    }
+    for (int i = INFO_FIRST; i <= INFO_LAST; i++) {
+        if (PyDict_SetItem(info, names[i], values[i - INFO_FIRST]) < 0) {
+            Py_DECREF(tlvs);
+            Py_DECREF(info);
+            return NULL;
+        }
+    }
+    Py_DECREF(tlvs);
+    return info;
+}
+
+/* A copy of `scope` with the extension beside the server's own extensions. */
+static PyObject *
+view_scope(ViewObject *self, PyObject *scope, PyObject *extensions)
+{
+    PyObject **names = self->st->names;
+    PyObject *info = view_info(self);
+    if (info == NULL) {
+        return NULL;
+    }
+    PyObject *ours = extensions == NULL ? PyDict_New() : PyDict_Copy(extensions);
+    if (ours == NULL || PyDict_SetItem(ours, names[N_PROXY_PROTOCOL], info) < 0) {
+        Py_XDECREF(ours);
+        Py_DECREF(info);
+        return NULL;
+    }
+    Py_DECREF(info);
+    PyObject *copy = PyDict_Copy(scope);
+    if (copy == NULL || PyDict_SetItem(copy, names[N_EXTENSIONS], ours) < 0 ||
+        (self->tls && PyDict_SetItem(copy, names[N_SCHEME], names[N_HTTPS]) < 0)) {
+        Py_XDECREF(copy);
+        Py_DECREF(ours);
+        return NULL;
+    }
+    Py_DECREF(ours);
+    return copy;
+}
+
+static PyObject *
+view_call(ViewObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject **names = self->st->names;
+    if (kwargs == NULL && PyTuple_GET_SIZE(args) == 3) {
+        PyObject *scope = PyTuple_GET_ITEM(args, 0);
+        PyObject *tlvs = HEADER_ITEM(self, 6);
+        if (PyDict_CheckExact(scope) && PyTuple_CheckExact(tlvs) && PyTuple_GET_SIZE(tlvs) == 0) {
+            PyObject *kind = PyDict_GetItemWithError(scope, names[N_TYPE]);
+            if (kind == NULL && PyErr_Occurred()) {
+                return NULL;
+            }
+            PyObject *extensions = PyDict_GetItemWithError(scope, names[N_EXTENSIONS]);
+            if (extensions == NULL && PyErr_Occurred()) {
+                return NULL;
+            }
+            if (extensions == Py_None) {
+                extensions = NULL;
+            }
+            if (kind != NULL && is_name(kind, names[N_HTTP]) &&
+                (extensions == NULL || PyDict_Check(extensions))) {
+                PyObject *copy = view_scope(self, scope, extensions);
+                if (copy == NULL) {
+                    return NULL;
+                }
+                PyObject *call[3] = {copy, PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2)};
+                PyObject *result = PyObject_Vectorcall(self->app, call, 3, NULL);
+                Py_DECREF(copy);
+                return result;
+            }
+        }
+    }
+    PyObject *slow = PyObject_GetAttr((PyObject *)self, names[N_CALL_SLOW]);
+    if (slow == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Call(slow, args, kwargs);
+    Py_DECREF(slow);
+    return result;
+}
+
+static PyMemberDef view_members[] = {
+    {"_transport", T_OBJECT_EX, offsetof(ViewObject, transport), READONLY, "The real transport."},
+    {"_header", T_OBJECT_EX, offsetof(ViewObject, header), READONLY, "The PROXY header."},
+    {"_peer", T_OBJECT_EX, offsetof(ViewObject, peer), READONLY, "The balancer's address."},
+    {"_app", T_OBJECT_EX, offsetof(ViewObject, app), READONLY, "The server's app."},
+    {"_tls", T_BOOL, offsetof(ViewObject, tls), READONLY, "TLS runs after the header."},
+    {"write", T_OBJECT_EX, offsetof(ViewObject, write), READONLY,
+     "The real transport's write."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef view_methods[] = {
+    {"get_extra_info", (PyCFunction)(void (*)(void))view_get_extra_info, METH_FASTCALL,
+     view_get_extra_info_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot view_slots[] = {
+    {Py_tp_doc, "A connection that came with a PROXY header, as uvicorn's protocols see it "
+                "(the accelerated base of proxyproto_mw.uvicorn.ProxiedTransport)."},
+    {Py_tp_new, view_new},
+    {Py_tp_dealloc, view_dealloc},
+    {Py_tp_traverse, view_traverse},
+    {Py_tp_clear, view_clear},
+    {Py_tp_call, view_call},
+    {Py_tp_members, view_members},
+    {Py_tp_methods, view_methods},
+    {0, NULL},
+};
+
+static PyType_Spec view_spec = {
+    .name = "proxyproto_mw._speedups.TransportView",
+    .basicsize = sizeof(ViewObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = view_slots,
+};
+
 static PyMethodDef speedups_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))speedups_decode, METH_FASTCALL | METH_KEYWORDS,
      decode_doc},
@@ -765,6 +1081,10 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->stream);
     Py_VISIT(st->empty_tlvs);
     Py_VISIT(st->tlv);
+    for (int i = 0; i < NAME_COUNT; i++) {
+        Py_VISIT(st->names[i]);
+    }
+    Py_VISIT(st->view_type);
     return 0;
 }
 
@@ -784,6 +1104,10 @@ speedups_clear(PyObject *module)
     Py_CLEAR(st->stream);
     Py_CLEAR(st->empty_tlvs);
     Py_CLEAR(st->tlv);
+    for (int i = 0; i < NAME_COUNT; i++) {
+        Py_CLEAR(st->names[i]);
+    }
+    Py_CLEAR(st->view_type);
     return 0;
 }
 
@@ -796,7 +1120,17 @@ speedups_free(void *module)
 static int
 speedups_exec(PyObject *module)
 {
-    (void)module;
+    speedups_state *st = get_state(module);
+    for (int i = 0; i < NAME_COUNT; i++) {
+        st->names[i] = PyUnicode_InternFromString(NAME_TEXT[i]);
+        if (st->names[i] == NULL) {
+            return -1;
+        }
+    }
+    st->view_type = PyType_FromModuleAndSpec(module, &view_spec, NULL);
+    if (st->view_type == NULL || PyModule_AddObjectRef(module, "TransportView", st->view_type) < 0) {
+        return -1;
+    }
     if (pthread_once(&crc32c_once, crc32c_init) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "proxyproto_mw._speedups: CRC32C set-up failed");
         return -1;
@@ -815,8 +1149,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "proxyproto_mw._speedups",
-    .m_doc = "C fast path for proxyproto_mw.decoder.decode (optional; pure Python is the "
-             "reference).",
+    .m_doc = "C fast paths for proxyproto_mw.decoder.decode and the uvicorn adapter's "
+             "transport view (optional; pure Python is the reference).",
     .m_size = sizeof(speedups_state),
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

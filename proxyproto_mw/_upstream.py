@@ -299,6 +299,22 @@ SEAMS: tuple[Seam, ...] = (
     ),
     Seam(
         "uvicorn",
+        "uvicorn.server:Server.shutdown",
+        "shutdown calls shutdown() on every protocol in server_state.connections and waits "
+        "while the set is not empty: a connection waiting for its header joins it, and leaves "
+        "it when it closes or is handed over",
+        _UVICORN,
+        mentions=("self.server_state.connections", "connection.shutdown()"),
+    ),
+    Seam(
+        "uvicorn",
+        "uvicorn.server:ServerState",
+        "server_state.connections is the set of the server's open connections",
+        _UVICORN,
+        attributes=("connections",),
+    ),
+    Seam(
+        "uvicorn",
         "uvicorn.protocols.utils:get_remote_addr",
         "the client address comes from get_extra_info('socket') first, then 'peername': "
         "the ProxiedTransport answers socket with None and peername from the header",

@@ -137,9 +137,9 @@ class TrustPolicy:
     __slots__ = (
         "_addresses",
         "_any",
-        "_match_network",
         "_networks",
         "_parsed",
+        "_verdict",
         "mode",
         "setting",
         "timeout",
@@ -180,7 +180,7 @@ class TrustPolicy:
         # The fast path: peers as getpeername() writes them.
         self._addresses = frozenset(str(address) for address in parsed)
         self._networks = tuple(networks)
-        self._match_network = lru_cache(maxsize=4096)(self._match_network_uncached)
+        self._verdict = lru_cache(maxsize=4096)(self._decide)
         try:
             self.mode = Mode(mode.lower() if isinstance(mode, str) else mode)
         except ValueError:
@@ -268,15 +268,15 @@ class TrustPolicy:
 
     def trusts(self, host: str | None) -> bool:
         """Whether a header from the peer at ``host`` (an IP address) is believed."""
+        return self._verdict(host)  # the last 4,096 hosts' verdicts are kept
+
+    def _decide(self, host: str | None) -> bool:
         if self._any:
             return True
         if host is None:
             return self.trust_unix_peers
         if host in self._addresses:
             return True
-        return self._match_network(host)
-
-    def _match_network_uncached(self, host: str) -> bool:
         address = _parse_address(host)
         if address is None:
             return False
@@ -289,6 +289,25 @@ class TrustPolicy:
         if self.mode is Mode.OFF:
             return None
         return Admission(self, peer)
+
+    def admit(self, peer: Address | None, data: bytes) -> Admitted | Admission:
+        """A new connection from ``peer`` (mode ``require`` or ``optional``), by its first
+        bytes: :class:`Admitted` when they decide it, else its :class:`Admission`, to be
+        fed the next bytes. Raises what :meth:`Admission.receive` raises.
+
+        Most connections are decided here without an :class:`Admission`: a trusted
+        balancer's first read holds its whole header.
+        """
+        if self._verdict(peer[0] if peer else None):
+            try:
+                decoded = decode(data)
+            except ProxyProtocolError:
+                decoded = NEED_DATA  # the admission says why, or serves it (mode optional)
+            if decoded is not NEED_DATA and decoded.header.version in self.versions:
+                return _new(Admitted, (decoded.header, decoded.rest))
+        admission = Admission(self, peer)
+        admitted = admission.receive(data)
+        return admission if admitted is NEED_DATA else admitted
 
 
 _environment_policy: TrustPolicy | None = None

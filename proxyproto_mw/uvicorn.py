@@ -40,10 +40,18 @@ from uvicorn.protocols.http.h11_impl import H11Protocol as _UvicornH11Protocol
 
 from .deadlines import HeaderDeadlines, Waiting, feed
 from .deadlines import by_loop as _deadlines
-from .decoder import NEED_DATA
+from .decoder import ACCELERATED, NEED_DATA
 from .errors import ConfigurationError, ProxyProtocolError
-from .header import Address, Command, ProxyHeader, ProxyProtocolInfo
-from .policy import Admission, Admitted, TrustPolicy, environment_policy, log_rejection, logger
+from .header import Address, ProxyHeader, ProxyProtocolInfo
+from .policy import (
+    Admission,
+    Admitted,
+    Mode,
+    TrustPolicy,
+    environment_policy,
+    log_rejection,
+    logger,
+)
 
 try:
     from uvicorn.protocols.http.httptools_impl import (
@@ -64,8 +72,8 @@ __all__ = [
 ASGIApp = Callable[..., Awaitable[None]]
 STARTUP_FAILURE = 3
 """uvicorn's exit status for a start-up that failed (``uvicorn.main.STARTUP_FAILURE``)."""
+_OFF = Mode.OFF
 _P = TypeVar("_P", bound="ProxyProtocol")
-_PROXY = Command.PROXY
 
 UVICORN_TLS_MESSAGE = (
     "uvicorn's --ssl-* options put TLS in front of the protocol, so the PROXY header, which "
@@ -116,20 +124,9 @@ class TLSSettings:
 # --- the view uvicorn's protocols are connected through ---------------------------------------
 
 
-class ProxiedTransport:
-    """A connection that came with a PROXY header, as uvicorn's protocols see it.
-
-    Given to uvicorn's HTTP protocol as its transport (and by it, on an upgrade, to the
-    WebSocket protocol): ``get_extra_info`` answers ``peername`` / ``sockname`` from the
-    header and ``socket`` with None (uvicorn asks the socket first), unless the header
-    carries no addresses (v1 UNKNOWN, v2 LOCAL), when the real transport answers.
-    ``write`` is the real transport's own method, bound once; reads never pass through
-    here (the real transport calls uvicorn's protocol directly).
-
-    Called as an ASGI app, it calls the server's app with the header in
-    ``scope["extensions"]["proxy_protocol"]`` (built per request, so that an idle
-    connection holds only the header) and the scheme it implies.
-    """
+class _PythonTransportView:
+    """The fields and answers of :class:`ProxiedTransport`, in Python: the reference for
+    ``_speedups.TransportView``, its base when the C accelerator is built."""
 
     __slots__ = ("_app", "_header", "_peer", "_tls", "_transport", "write")
 
@@ -145,13 +142,8 @@ class ProxiedTransport:
         self._header = header
         self._peer = peer
         self._app = app
-        self._tls = tls
+        self._tls = bool(tls)
         self.write = transport.write
-
-    @property
-    def header(self) -> ProxyHeader:
-        """The connection's PROXY header."""
-        return self._header
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The header's view of ``name``, else the real transport's."""
@@ -169,6 +161,40 @@ class ProxiedTransport:
             return self._header
         return self._transport.get_extra_info(name, default)
 
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        return self._call_slow(scope, receive, send)  # type: ignore[attr-defined, no-any-return]
+
+
+if TYPE_CHECKING or not ACCELERATED:
+    _TransportView = _PythonTransportView
+else:
+    from ._speedups import TransportView as _TransportView
+
+
+class ProxiedTransport(_TransportView):
+    """A connection that came with a PROXY header, as uvicorn's protocols see it.
+
+    Given to uvicorn's HTTP protocol as its transport (and by it, on an upgrade, to the
+    WebSocket protocol): ``get_extra_info`` answers ``peername`` / ``sockname`` from the
+    header and ``socket`` with None (uvicorn asks the socket first), unless the header
+    carries no addresses (v1 UNKNOWN, v2 LOCAL), when the real transport answers.
+    ``write`` is the real transport's own method, bound once; reads never pass through
+    here (the real transport calls uvicorn's protocol directly).
+
+    Called as an ASGI app, it calls the server's app with the header in
+    ``scope["extensions"]["proxy_protocol"]`` (built per request, so that an idle
+    connection holds only the header) and the scheme it implies. With the C accelerator
+    its fields, ``get_extra_info`` and the common call (an HTTP request, a header without
+    TLVs) are ``_speedups.TransportView``'s; ``_PythonTransportView`` is the reference.
+    """
+
+    __slots__ = ()
+
+    @property
+    def header(self) -> ProxyHeader:
+        """The connection's PROXY header."""
+        return self._header
+
     # The real transport's own methods, looked up in C (no Python frame per call).
     is_closing = property(attrgetter("_transport.is_closing"), doc="The real transport's.")
     close = property(attrgetter("_transport.close"), doc="The real transport's.")
@@ -183,29 +209,10 @@ class ProxiedTransport:
     def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)
 
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+    def _call_slow(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """The server's app, with the header in the scope's extensions (beside the
         server's own)."""
-        header = self._header
-        if header.tlvs:
-            info = header.as_dict(self._peer, tls=self._tls)
-        else:  # most headers: the same dict as as_dict's, without its TLV look-ups
-            info = {
-                "version": header.version,
-                "command": "PROXY" if header.command is _PROXY else "LOCAL",
-                "client": header.source,
-                "server": header.destination,
-                "peer": self._peer,
-                "tls": self._tls,
-                "tlvs": {},
-                "alpn": None,
-                "authority": None,
-                "unique_id": None,
-                "ssl": None,
-                "aws_vpce_id": None,
-                "gcp_psc_connection_id": None,
-                "azure_private_link_id": None,
-            }
+        info = self._header.as_dict(self._peer, tls=self._tls)
         extensions = scope.get("extensions")
         if scope["type"] == "websocket":
             # The app holds this scope for as long as the WebSocket is open.
@@ -285,9 +292,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     uvicorn builds one per connection, as any ``--http`` class, with ``config``,
     ``server_state`` and ``app_state``; uvicorn's own protocol is built only once the
-    header is in, with the same arguments. Until then uvicorn does not count the
-    connection: a shutdown neither waits for it nor cuts off a header and request already
-    on their way (the header timeout ends a silent one).
+    header is in, with the same arguments. Until then the connection is among uvicorn's
+    (``server_state.connections``) as this protocol: uvicorn's shutdown calls
+    :meth:`shutdown`, which closes it without a byte, as uvicorn closes an idle connection.
     """
 
     http_protocol: ClassVar[type[asyncio.Protocol]]
@@ -306,14 +313,17 @@ class ProxyProtocol(asyncio.Protocol):
         "_app_state",
         "_config",
         "_loop",
+        "_peer",
         "_pending_tls_data",
         "_server_state",
         "_transport",
         "_waiting",
     )
     _admission: Admission | None
+    """Made when the first bytes leave the header incomplete."""
+    _peer: Address | None
     _waiting: dict[Waiting, int] | None
-    """The loop's connections waiting for their header (None: not watched)."""
+    """The loop's connections waiting for their header (None: the header phase is over)."""
     _pending_tls_data: bytearray | None
     """Bytes that arrive while the TLS handshake after the header is being started."""
 
@@ -363,20 +373,21 @@ class ProxyProtocol(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the admission; uvicorn's protocol is built once the header is in."""
+        """Watch for the header; uvicorn's protocol is built once it is in."""
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
         peer = transport.get_extra_info("peername")
+        self._admission = None  # made only if the first bytes do not decide
         if not peer and _is_ip_socket(transport):
             # The peer reset the connection before it was accepted (a health check that
             # connects and leaves): there is no one to serve.
-            self._admission = self._waiting = None
+            self._waiting = None
             transport.abort()  # type: ignore[attr-defined]
             return
-        admission = self._admission = policy.admission(peer or None)
-        if admission is None:  # mode off
+        peer = self._peer = peer or None
+        if policy.mode is _OFF:
             self._waiting = None
             self._admitted(peer, Admitted(None, b""))
             return
@@ -388,26 +399,38 @@ class ProxyProtocol(asyncio.Protocol):
                 _announce(policy, self.tls_context is not None)
         waiting = self._waiting = deadlines.waiting
         waiting[self] = deadlines.tick
+        # Counted among uvicorn's connections, so that its shutdown closes this one
+        # (shutdown() below) instead of waiting for it.
+        self._server_state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the admission until the header is complete."""
-        admission = self._admission
-        if admission is None:  # starting TLS after the header, or closed already
+        """Apply the policy to the first bytes until the header is complete."""
+        waiting = self._waiting
+        if waiting is None:  # starting TLS after the header, or closed already
             if self.tls_context is not None and self._pending_tls_data is not None:
                 self._pending_tls_data += data
             return
+        admission = self._admission
         try:
-            admitted = admission.receive(data)
+            if admission is None:
+                admitted = self.policy.admit(self._peer, data)  # type: ignore[union-attr]
+                if type(admitted) is Admission:
+                    self._admission = admitted
+                    return
+            else:
+                admitted = admission.receive(data)
+                if admitted is NEED_DATA:
+                    return
         except ProxyProtocolError as error:
             self._reject(error)
             return
-        if admitted is not NEED_DATA:
-            self._waiting.pop(self, None)  # type: ignore[union-attr]  # watched with its admission
-            self._admission = None
-            if self.tls_context is not None:
-                self._start_tls(admission.peer, admitted)
-            else:
-                self._hand_over(self._transport, admitted.header, admission.peer, admitted.data)
+        waiting.pop(self, None)
+        self._waiting = self._admission = None
+        self._server_state.connections.discard(self)  # uvicorn's protocol counts it now
+        if self.tls_context is not None:
+            self._start_tls(self._peer, admitted)  # type: ignore[arg-type]
+        else:
+            self._hand_over(self._transport, admitted.header, self._peer, admitted.data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
@@ -420,24 +443,31 @@ class ProxyProtocol(asyncio.Protocol):
 
     # the header
 
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: close the connection still waiting for its header, without
+        a byte (as uvicorn closes its idle connections)."""
+        if self._waiting is not None:
+            self._stop_waiting()
+            self._transport.close()
+
     def _stop_waiting(self) -> None:
         waiting = self._waiting
         if waiting is not None:
+            self._waiting = None
             waiting.pop(self, None)
+            self._server_state.connections.discard(self)
 
     def header_timed_out(self) -> None:
         """Close the connection: its header did not come in time (the sweep calls it)."""
-        admission = self._admission
-        if admission is not None:
-            self._reject(admission.timed_out())
-        else:
-            self._stop_waiting()
+        if self._waiting is None:
+            return
+        admission = self._admission or Admission(self.policy, self._peer)  # type: ignore[arg-type]
+        self._reject(admission.timed_out())
 
     def _reject(self, error: ProxyProtocolError) -> None:
         self._stop_waiting()
-        admission = self._admission
         self._admission = None
-        log_rejection(admission.peer if admission is not None else None, error)
+        log_rejection(self._peer, error)
         self._transport.abort()
 
     def _admitted(self, peer: Address | None, admitted: Admitted) -> None:

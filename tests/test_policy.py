@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
 from proxyproto_mw import (
     NEED_DATA,
+    Admission,
     Admitted,
     Command,
     ConfigurationError,
@@ -19,6 +21,7 @@ from proxyproto_mw import (
     MissingHeader,
     Mode,
     ProxyHeader,
+    ProxyProtocolError,
     TransportProtocol,
     TrustPolicy,
     UntrustedHeader,
@@ -519,3 +522,60 @@ def test_untrusted_header_points_to_the_nlb_guide() -> None:
 )
 def test_describe_is_one_line_for_the_start_up_log(policy: TrustPolicy, line: str) -> None:
     assert policy.describe() == line
+
+
+def _outcome(step: Any) -> object:
+    """What ``step()`` answered, or the type and message of what it raised."""
+    try:
+        return step()
+    except ProxyProtocolError as error:
+        return type(error), str(error)
+
+
+def _by_admission(policy: TrustPolicy, peer: Any, chunks: list[bytes]) -> list[object]:
+    admission = policy.admission(peer)
+    assert admission is not None
+    return [_outcome(lambda chunk=chunk: admission.receive(chunk)) for chunk in chunks]
+
+
+def _by_admit(policy: TrustPolicy, peer: Any, chunks: list[bytes]) -> list[object]:
+    first = _outcome(lambda: policy.admit(peer, chunks[0]))
+    if not isinstance(first, Admission):
+        return [first]
+    rest = [_outcome(lambda chunk=chunk: first.receive(chunk)) for chunk in chunks[1:]]
+    return [NEED_DATA, *rest]
+
+
+ADMIT_CASES = {
+    "v1 whole": [V1 + REQUEST],
+    "v1 split": [V1[:1], V1[1:20], V1[20:] + b"GET"],
+    "v2 alone": [V2],
+    "v2 split": [V2[:5], V2[5:13], V2[13:17], V2[17:] + REQUEST],
+    "request": [REQUEST],
+    "h2 preface split": [b"P", b"R", b"I * HTTP/2.0\r\n"],
+    "invalid v1": [b"PROXY TCP4 10.0.0.1 nonsense\r\n" + REQUEST],
+    "invalid v2": [V2[:12] + b"\x99" + V2[13:]],
+}
+
+
+@pytest.mark.parametrize("versions", [(1, 2), (1,), (2,)])
+@pytest.mark.parametrize("mode", [Mode.REQUIRE, Mode.OPTIONAL])
+@pytest.mark.parametrize("peer", [BALANCER, STRANGER, None], ids=["balancer", "stranger", "unix"])
+@pytest.mark.parametrize("case", sorted(ADMIT_CASES))
+def test_admit_decides_as_the_admission(
+    case: str, peer: Any, mode: Mode, versions: tuple[int, ...]
+) -> None:
+    """``admit`` (the first bytes, without an Admission when they decide) answers and
+    raises exactly as an Admission fed the same bytes."""
+    chunks = ADMIT_CASES[case]
+    by_admission = _by_admission(policy(mode, versions), peer, chunks)
+    by_admit = _by_admit(policy(mode, versions), peer, chunks)
+    assert _decision(by_admit) == _decision(by_admission)
+
+
+def _decision(outcomes: list[object]) -> tuple[int, object] | None:
+    """The first outcome that is not NEED_DATA, with the chunk it came at."""
+    for index, outcome in enumerate(outcomes):
+        if outcome is not NEED_DATA:
+            return index, outcome
+    return None
