@@ -7,8 +7,11 @@ both the same inputs: random bytes, valid headers (v1, v2 with random TLV sequen
 correct CRC32Cs), those headers mutated and truncated, and boundary cases (the longest
 header, TLVs that end one byte early or late, UNIQUE_ID of 128 and 129 bytes). Every
 input must give equal results of identical types, or the same error with the same
-message. The run stops after ``--iterations`` inputs or ``--seconds``, whichever comes
-first, and exits 1 at the first mismatch (a sanitizer report aborts the process itself).
+message. Each header decoded is also served through the uvicorn adapter's transport view,
+the extension's ``TransportView`` against the pure-Python ``_PythonTransportView``: the
+scope the app gets and every ``get_extra_info`` answer must be equal. The run stops after
+``--iterations`` inputs or ``--seconds``, whichever comes first, and exits 1 at the first
+mismatch (a sanitizer report aborts the process itself).
 
 ``--atheris`` runs a coverage-guided search instead (atheris' libFuzzer), seeded with
 valid headers; the coverage it follows is the pure-Python reference decoder's, whose
@@ -80,6 +83,7 @@ class Differential:
             TLV,
         )
         self.accelerated: Callable[[bytes], object] = extension.decode
+        self.views = Views(extension)
 
     @staticmethod
     def _outcome(decode: Callable[[bytes], object], data: bytes) -> tuple[object, ...]:
@@ -96,10 +100,80 @@ class Differential:
         where = f"input {data!r}"
         if not identical(actual, expected):
             raise AssertionError(f"{where}: C gave {actual!r}, Python {expected!r}")
+        if expected[0] == "result" and isinstance(expected[1], Decoded):
+            self.views.check(expected[1].header, self.inputs)
 
     @property
     def decoded_in_c(self) -> int:
         return self.inputs - self.fallbacks
+
+
+class _Transport:
+    """What the view needs of a transport: ``write`` and ``get_extra_info``."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("real", name) if name in ("peername", "sockname", "cipher") else default
+
+
+SCOPES: tuple[dict[str, Any], ...] = (
+    {"type": "http", "scheme": "http", "path": "/"},
+    {"type": "http", "scheme": "http", "extensions": {"http.response.trailers": {}}},
+    {"type": "http", "extensions": None},
+    {"type": "websocket", "scheme": "ws"},
+    {"type": "websocket", "extensions": {"websocket.http.response": {}}},
+)
+EXTRA = ("socket", "sockname", "peername", "sslcontext", "proxy_protocol", "cipher", "other")
+
+
+class Views:
+    """The uvicorn adapter's view, C against Python, for one decoded header at a time."""
+
+    def __init__(self, extension: ModuleType) -> None:
+        from proxyproto_mw.uvicorn import (  # noqa: PLC0415  (needs uvicorn; its base is Python here)
+            ProxiedTransport,
+            _LocalHeaderTransport,
+        )
+
+        def on(base: type[Any], cls: type[Any]) -> type[Any]:
+            members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            return type(cls.__name__, (base,), members)
+
+        proxied = on(extension.TransportView, ProxiedTransport)
+        self.c = (proxied, on(proxied, _LocalHeaderTransport))
+        self.python = (ProxiedTransport, _LocalHeaderTransport)
+
+    @staticmethod
+    def _served(
+        view_class: type[Any], header: ProxyHeader, scope: dict[str, Any], tls: bool
+    ) -> Any:
+        seen: list[dict[str, Any]] = []
+
+        def app(scope: dict[str, Any], receive: object, send: object) -> None:
+            seen.append(scope)
+
+        view = view_class(_Transport(), header, ("10.0.0.1", 40000), app, tls)
+        view(scope, None, None)
+        extra = [view.get_extra_info(name) for name in EXTRA]
+        extra += [view.get_extra_info(name, "default") for name in EXTRA]
+        return seen, scope, extra
+
+    def check(self, header: ProxyHeader, count: int) -> None:
+        """Raise AssertionError unless both views serve ``header`` identically."""
+        index = 0 if header.source is not None else 1
+        scope = SCOPES[count % len(SCOPES)]
+        tls = count % 7 == 0
+        c = self._served(self.c[index], header, _copy(scope), tls)
+        python = self._served(self.python[index], header, _copy(scope), tls)
+        if c != python:
+            raise AssertionError(f"view of {header!r}: C gave {c!r}, Python {python!r}")
+
+
+def _copy(scope: dict[str, Any]) -> dict[str, Any]:
+    extensions = scope.get("extensions")
+    return {**scope, "extensions": dict(extensions)} if extensions else dict(scope)
 
 
 def identical(actual: object, expected: object) -> bool:
