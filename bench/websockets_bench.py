@@ -33,7 +33,9 @@ within 3 %.
 user-space instructions of each server under callgrind: for N1 and then N2 sequential
 connections from 127.0.0.1 (the difference over N2 - N1 is one connection's cost, start-up
 cancelled out), and for one connection echoing 64 and then 640 messages. Instruction
-counts repeat where the CPU time of a shared machine does not.
+counts repeat (within about 0.2 %) where the CPU time of a shared machine does not.
+``--kinds sync`` (or ``asyncio``) counts one server only, ``--no-messages`` per connection
+only (about 35 s for one server).
 """
 
 from __future__ import annotations
@@ -477,10 +479,16 @@ def instructions(kind: str, variant: str, count: int, workdir: Path, batches: in
     return int(match.group(1))
 
 
-def instructions_report(counts: tuple[int, int], batches: tuple[int, int]) -> str:
-    """Instructions per connection and per message, plain and proxied, each server: the
-    difference between two runs over the difference of their counts, so that start-up
-    cancels out. Per message: one connection with one or the other number of batches."""
+def instructions_report(
+    counts: tuple[int, int],
+    batches: tuple[int, int],
+    kinds: tuple[str, ...] = KINDS,
+    per_message: bool = True,
+) -> str:
+    """Instructions per connection and per message, plain and proxied, each server of
+    ``kinds``: the difference between two runs over the difference of their counts, so that
+    start-up cancels out. Per message (unless ``per_message`` is false): one connection with
+    one or the other number of batches."""
     low, high = counts
     few, many = batches
     lines = [
@@ -494,19 +502,22 @@ def instructions_report(counts: tuple[int, int], batches: tuple[int, int]) -> st
     ]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for kind in KINDS:
-            per_connection, per_message = {}, {}
+        for kind in kinds:
+            costs: tuple[dict[str, float], ...] = ({}, {}) if per_message else ({},)
             for variant in VARIANTS:
                 spent = instructions(kind, variant, high, workdir)
                 spent -= instructions(kind, variant, low, workdir)
-                per_connection[variant] = spent / (high - low)
-                spent = instructions(kind, variant, 1, workdir, many)
-                spent -= instructions(kind, variant, 1, workdir, few)
-                per_message[variant] = spent / ((many - few) * BATCH)
+                costs[0][variant] = spent / (high - low)
+                if per_message:
+                    spent = instructions(kind, variant, 1, workdir, many)
+                    spent -= instructions(kind, variant, 1, workdir, few)
+                    costs[1][variant] = spent / ((many - few) * BATCH)
             cells = []
-            for cost in (per_connection, per_message):
+            for cost in costs:
                 plain, proxied = cost["plain"], cost["proxied"]
                 cells.append(f"{plain:,.0f} | {proxied:,.0f} | {proxied / plain:.3f}")
+            if not per_message:
+                cells.append("- | - | -")
             lines.append(f"| {kind} | {' | '.join(cells)} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines) + "\n"
@@ -526,6 +537,18 @@ def main() -> int:
         metavar=("N1", "N2"),
         help="instead: instructions per connection under callgrind (needs valgrind)",
     )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="with --instructions: count only these servers",
+    )
+    parser.add_argument(
+        "--no-messages",
+        action="store_true",
+        help="with --instructions: count per connection only",
+    )
     parser.add_argument("--serve", nargs=4, help="internal: run one server")
     arguments = parser.parse_args()
     if arguments.serve:
@@ -535,7 +558,9 @@ def main() -> int:
         return 0
     if arguments.instructions:
         low, high = arguments.instructions
-        text = instructions_report((low, high), (2, 20))
+        text = instructions_report(
+            (low, high), (2, 20), tuple(arguments.kinds), not arguments.no_messages
+        )
         print(text)
         if arguments.out:
             arguments.out.write_text(text)

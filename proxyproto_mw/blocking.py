@@ -8,7 +8,8 @@ that are certainly the header's: the server's own HTTP reading, or a TLS handsha
 started on the socket afterwards, begins with the first byte after the header. It never
 blocks, so a server's event loop can drive it (gunicorn's gthread worker does);
 :func:`receive_header` drives it on a blocking socket, waiting on the socket (``poll``)
-between reads. When the connection cannot be served, :func:`reject` logs why and closes
+between reads (a header that comes whole in the first read, as most do, needs no reader:
+the policy decides it at once). When the connection cannot be served, :func:`reject` logs why and closes
 it without writing a byte.
 
 Waiting costs nothing while a header trickles in: bytes of a header are taken as they
@@ -29,7 +30,7 @@ from typing import Final, Literal
 from .decoder import NEED_DATA, V1_MAX_LENGTH, V2_FIXED_LENGTH, V2_SIGNATURE, NeedData
 from .errors import ConnectionClosed, ProxyProtocolError
 from .header import Address, ProxyHeader
-from .policy import Admission, TrustPolicy, log_rejection
+from .policy import Admission, Mode, TrustPolicy, log_rejection
 
 __all__ = ["HeaderReader", "finish_header", "receive_header", "reject"]
 
@@ -100,9 +101,7 @@ class HeaderReader:
         except BlockingIOError:
             return NEED_DATA
         except ConnectionError as error:
-            raise ConnectionClosed(
-                f"connection reset before the PROXY header was complete ({error})"
-            ) from None
+            raise _reset(error) from None
         if not peeked:
             raise ConnectionClosed(_CLOSED)
         if len(peeked) == self._pending:
@@ -114,6 +113,12 @@ class HeaderReader:
             self._take(len(peeked) - len(admitted.data))
             self.release()
             return admitted.header
+        self._note_incomplete(peeked, new)
+        return NEED_DATA
+
+    def _note_incomplete(self, peeked: bytes, new: bytes) -> None:
+        """Note what the admission was fed (``new``, the end of ``peeked``) and found to be
+        incomplete; take off the socket what is certainly the header's."""
         if len(self._head) < V2_FIXED_LENGTH:
             self._head += new[: V2_FIXED_LENGTH - len(self._head)]
             if len(self._head) == V2_FIXED_LENGTH and self._head.startswith(V2_SIGNATURE):
@@ -126,7 +131,6 @@ class HeaderReader:
             self.release()  # the socket is empty: any new byte is worth a look
         else:
             self._pending = len(peeked)
-        return NEED_DATA
 
     def _no_new_bytes(self) -> ProxyHeader | Literal[NeedData.NEED_DATA] | None:
         """The socket was readable, yet holds only bytes fed already: the peer may have shut
@@ -150,11 +154,7 @@ class HeaderReader:
     def _take(self, size: int) -> None:
         """Take ``size`` bytes, already peeked at, off the socket."""
         self._taken += size
-        while size > 0:
-            taken = len(self.sock.recv(size))
-            if not taken:  # pragma: no cover - peeked bytes cannot vanish
-                raise ConnectionClosed("connection closed while its PROXY header was read")
-            size -= taken
+        _take(self.sock, size)
 
     def release(self) -> None:
         """Let the socket wake for any byte again, as the server expects."""
@@ -201,9 +201,28 @@ def receive_header(
     :class:`ConnectionClosed` when the peer goes away first. The socket's own timeout is
     as it was when this returns.
     """
-    reader = HeaderReader.start(sock, policy, peer)
-    if reader is None:
+    if policy.mode is Mode.OFF:
         return None
+    if sock.gettimeout():  # a socket with a timeout waits in recv() before MSG_DONTWAIT
+        return finish_header(HeaderReader(sock, Admission(policy, peer), policy.timeout))
+    # Most headers come whole with the connection's first bytes: the policy decides them
+    # at once (TrustPolicy.admit), and a HeaderReader starts only for the others, as if
+    # its read() had made this first peek.
+    try:
+        peeked = sock.recv(V1_MAX_LENGTH, _NO_WAIT)
+    except BlockingIOError:  # nothing yet
+        return finish_header(HeaderReader(sock, Admission(policy, peer), policy.timeout))
+    except ConnectionError as error:
+        raise _reset(error) from None
+    if not peeked:
+        raise ConnectionClosed(_CLOSED)
+    admitted = policy.admit(peer, peeked)
+    if not isinstance(admitted, Admission):
+        _take(sock, len(peeked) - len(admitted.data))
+        return admitted.header
+    reader = HeaderReader(sock, admitted, policy.timeout)
+    reader._note_incomplete(peeked, peeked)
+    reader.wait()  # the first read is done: read again once more may have come
     return finish_header(reader)
 
 
@@ -223,6 +242,19 @@ def finish_header(reader: HeaderReader) -> ProxyHeader | None:
     finally:
         if original_timeout:
             sock.settimeout(original_timeout)
+
+
+def _take(sock: socket.socket, size: int) -> None:
+    """Take ``size`` bytes, already peeked at, off ``sock``."""
+    while size > 0:
+        taken = len(sock.recv(size))
+        if not taken:  # pragma: no cover - peeked bytes cannot vanish
+            raise ConnectionClosed("connection closed while its PROXY header was read")
+        size -= taken
+
+
+def _reset(error: ConnectionError) -> ConnectionClosed:
+    return ConnectionClosed(f"connection reset before the PROXY header was complete ({error})")
 
 
 def reject(sock: socket.socket, peer: Address | str | None, error: ProxyProtocolError) -> None:
