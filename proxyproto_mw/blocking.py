@@ -9,8 +9,8 @@ started on the socket afterwards, begins with the first byte after the header. I
 blocks, so a server's event loop can drive it (gunicorn's gthread worker does);
 :func:`receive_header` drives it on a blocking socket, waiting on the socket (``poll``)
 between reads (a header that comes whole in the first read, as most do, needs no reader:
-the policy decides it at once). When the connection cannot be served, :func:`reject` logs why and closes
-it without writing a byte.
+the policy decides it at once). When the connection cannot be served, :func:`reject`
+logs why and closes it without writing a byte.
 
 Waiting costs nothing while a header trickles in: bytes of a header are taken as they
 arrive, so the socket is readable again only when new bytes come. Until a signature is
