@@ -45,7 +45,7 @@ from ..deadlines import HeaderDeadlines, Waiting, by_loop, feed
 from ..decoder import NEED_DATA
 from ..errors import HeaderTimeout, ProxyProtocolError
 from ..header import Address, ProxyHeader, ProxyProtocolInfo
-from ..policy import Admission, TrustPolicy, environment_policy, log_rejection
+from ..policy import Admission, Mode, TrustPolicy, environment_policy, log_rejection
 
 __all__ = ["ProxiedState", "ProxyProtocolConnection", "proxy_protocol", "serve"]
 
@@ -172,11 +172,11 @@ class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
             raw.abort()
             return
         peer = (peer[0], peer[1]) if peer else None
-        admission = policy.admission(peer)
-        if admission is None and self.tls_context is None:  # mode off: nothing to read
+        off = policy.mode is Mode.OFF
+        if off and self.tls_context is None:  # nothing to read
             self._start(raw, None, b"")
             return
-        reader = _HeaderReader(self, raw, admission, peer, policy)
+        reader = _HeaderReader(self, raw, not off, peer, policy)
         if self.tls_context is None:
             # The library's connection starts now, as it would without a header: its
             # handler waits for the opening handshake (under open_timeout) while the reader
@@ -185,7 +185,7 @@ class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
             self.proxied = None
             super().connection_made(raw)
         raw.set_protocol(reader)
-        if admission is None:
+        if off:
             reader.admitted(None, b"")
             return
         open_timeout = self.open_timeout
@@ -232,6 +232,7 @@ class _HeaderReader(asyncio.Protocol):
         "peer",
         "pending_tls",
         "policy",
+        "reading",
         "since",
         "started",
         "transport",
@@ -242,13 +243,16 @@ class _HeaderReader(asyncio.Protocol):
         self,
         connection: ProxyProtocolConnection,
         transport: asyncio.Transport,
-        admission: Admission | None,
+        reading: bool,
         peer: Address | None,
         policy: TrustPolicy,
     ) -> None:
         self.connection: ProxyProtocolConnection | None = connection
         self.transport = transport
-        self.admission = admission
+        self.reading = reading
+        """Whether the header is still to come (neither admitted nor refused yet)."""
+        self.admission: Admission | None = None
+        """The policy's admission, once the first bytes left the connection undecided."""
         self.peer = peer
         self.policy: TrustPolicy = policy
         self.since = time.monotonic()
@@ -266,18 +270,27 @@ class _HeaderReader(asyncio.Protocol):
         if self.pending_tls is not None:  # decrypted bytes while TLS starts
             self.pending_tls += data
             return
-        admission = self.admission
-        if admission is None:  # refused already; the transport may still deliver a read
+        if not self.reading:  # refused already; the transport may still deliver a read
             return
+        admission = self.admission
         try:
-            admitted = admission.receive(data)
+            if admission is None:  # the first bytes, which decide most connections
+                first = self.policy.admit(self.peer, data)
+                if isinstance(first, Admission):
+                    self.admission = first
+                    return
+                admitted = first
+            else:
+                fed = admission.receive(data)
+                if fed is NEED_DATA:
+                    return
+                admitted = fed
         except ProxyProtocolError as error:
             self.reject(error)
             return
-        if admitted is not NEED_DATA:
-            self.stop_waiting()
-            self.admission = None
-            self.admitted(admitted.header, admitted.data)
+        self.stop_waiting()
+        self.reading = False
+        self.admitted(admitted.header, admitted.data)
 
     def eof_received(self) -> bool | None:
         """End of stream before the header: let the transport close."""
@@ -291,13 +304,13 @@ class _HeaderReader(asyncio.Protocol):
         closed it with the header incomplete, websockets' ``open_timeout`` ran out first:
         logged as the header timeout it is.
         """
-        admission, self.admission = self.admission, None
+        reading, self.reading = self.reading, False
         self.stop_waiting()
         connection, self.connection = self.connection, None
-        if admission is not None and exc is None and not self.eof:
+        if reading and exc is None and not self.eof:
             elapsed = time.monotonic() - self.since
             error = (
-                admission.timed_out()
+                self.timed_out()
                 if elapsed + 0.05 >= self.policy.timeout  # asyncio's timers may fire a tick early
                 else HeaderTimeout(
                     f"no complete PROXY header within websockets' open_timeout ({elapsed:.3g} s)"
@@ -316,12 +329,19 @@ class _HeaderReader(asyncio.Protocol):
     def header_timed_out(self) -> None:
         """Close the connection: its header did not come in time (the sweep calls it)."""
         self.stop_waiting()
-        if self.admission is not None:
-            self.reject(self.admission.timed_out())
+        if self.reading:
+            self.reject(self.timed_out())
+
+    def timed_out(self) -> ProxyProtocolError:
+        """The header timeout's error, as the admission words it."""
+        admission = self.admission
+        if admission is None:  # not a byte came
+            admission = Admission(self.policy, self.peer)
+        return admission.timed_out()
 
     def reject(self, error: ProxyProtocolError) -> None:
         self.stop_waiting()
-        self.admission = None
+        self.reading = False
         log_rejection(self.transport.get_extra_info("peername"), error)
         self.transport.abort()
 
