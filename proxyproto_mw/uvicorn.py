@@ -73,6 +73,11 @@ ASGIApp = Callable[..., Awaitable[None]]
 STARTUP_FAILURE = 3
 """uvicorn's exit status for a start-up that failed (``uvicorn.main.STARTUP_FAILURE``)."""
 _OFF = Mode.OFF
+_AT_SHUTDOWN = 2**62
+"""The arrival tick of a connection waiting for its header when uvicorn shuts down: later
+than any sweep's, the shutdown's own timer closes it."""
+SHUTDOWN_GRACE = 0.5
+"""Seconds a header still has once uvicorn shuts down (one on its way, with its request)."""
 _P = TypeVar("_P", bound="ProxyProtocol")
 
 UVICORN_TLS_MESSAGE = (
@@ -293,8 +298,8 @@ class ProxyProtocol(asyncio.Protocol):
     uvicorn builds one per connection, as any ``--http`` class, with ``config``,
     ``server_state`` and ``app_state``; uvicorn's own protocol is built only once the
     header is in, with the same arguments. Until then the connection is among uvicorn's
-    (``server_state.connections``) as this protocol: uvicorn's shutdown calls
-    :meth:`shutdown`, which closes it without a byte, as uvicorn closes an idle connection.
+    (``server_state.connections``) as this protocol, so that uvicorn's shutdown calls
+    :meth:`shutdown` and never waits for a header that does not come.
     """
 
     http_protocol: ClassVar[type[asyncio.Protocol]]
@@ -424,13 +429,15 @@ class ProxyProtocol(asyncio.Protocol):
         except ProxyProtocolError as error:
             self._reject(error)
             return
-        waiting.pop(self, None)
+        arrived = waiting.pop(self, None)
         self._waiting = self._admission = None
         self._server_state.connections.discard(self)  # uvicorn's protocol counts it now
         if self.tls_context is not None:
             self._start_tls(self._peer, admitted)  # type: ignore[arg-type]
-        else:
-            self._hand_over(self._transport, admitted.header, self._peer, admitted.data)  # type: ignore[union-attr]
+            return
+        protocol = self._hand_over(self._transport, admitted.header, self._peer, admitted.data)  # type: ignore[union-attr]
+        if arrived == _AT_SHUTDOWN:
+            protocol.shutdown()  # the server is stopping: this request, then close
 
     def eof_received(self) -> bool | None:
         """The peer closed its side before the header was complete."""
@@ -444,8 +451,18 @@ class ProxyProtocol(asyncio.Protocol):
     # the header
 
     def shutdown(self) -> None:
-        """uvicorn's shutdown: close the connection still waiting for its header, without
-        a byte (as uvicorn closes its idle connections)."""
+        """uvicorn's shutdown, for a connection still waiting for its header: uvicorn no
+        longer counts it. The header has ``SHUTDOWN_GRACE`` seconds more to complete, and
+        the request it brings is then served as uvicorn serves one in progress at shutdown
+        (without keep-alive); else the connection is closed without a byte, as uvicorn
+        closes an idle connection."""
+        waiting = self._waiting
+        if waiting is not None:
+            waiting[self] = _AT_SHUTDOWN  # the sweep leaves it to the timer below
+            self._server_state.connections.discard(self)
+            self._loop.call_later(SHUTDOWN_GRACE, self._close_unless_handed_over)
+
+    def _close_unless_handed_over(self) -> None:
         if self._waiting is not None:
             self._stop_waiting()
             self._transport.close()
@@ -482,7 +499,7 @@ class ProxyProtocol(asyncio.Protocol):
         header: ProxyHeader | None,
         peer: Address | None,
         data: bytes,
-    ) -> None:
+    ) -> Any:
         """Build uvicorn's protocol and give it the connection; later bytes go to it."""
         protocol: Any = self.http_protocol(  # type: ignore[call-arg]
             config=self._config,
@@ -513,6 +530,7 @@ class ProxyProtocol(asyncio.Protocol):
         protocol.connection_made(connected)
         if data:
             protocol.data_received(data)
+        return protocol
 
     def _start_tls(self, peer: Address | None, admitted: Admitted) -> None:
         """Serve TLS on the connection after its header (the header itself is in clear)."""

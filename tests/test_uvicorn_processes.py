@@ -389,6 +389,34 @@ def test_gunicorn_workers_without_httptools(
 # --- shutdown -----------------------------------------------------------------------------------
 
 
+def test_a_header_completing_as_shutdown_begins_is_served(tmp_path: Path) -> None:
+    """A request whose header completes just after uvicorn began to shut down (on its way
+    as the server stops) is served, without keep-alive, before the server exits."""
+    env = {"PROXYPROTO_TRUSTED": "127.0.0.1", "PROXYPROTO_TIMEOUT": "30"}
+    header = encode_v1(CLIENT, DESTINATION)
+    with Uvicorn(tmp_path, env=env) as server:
+        with open_from("127.0.0.1", server.address) as sock:
+            sock.sendall(header[:10])
+            time.sleep(0.2)
+            os.kill(server.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while "Shutting down" not in server.stderr():  # shutdown() has been called
+                assert time.monotonic() < deadline, server.stderr()
+                time.sleep(0.01)
+            sock.sendall(header[10:] + request("/late"))
+            response = HttpReader(sock).response()
+            assert response.status == 200
+            assert response.json()["client"] == list(CLIENT)
+            assert response.json()["path"] == "/late"
+            assert response.headers.get("connection") == "close"
+            assert drain(sock, timeout=5) in ((b"", "eof"), (b"", "reset"))
+        deadline = time.monotonic() + 5
+        while server.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.running
+    _no_traceback(server)
+
+
 def test_shutdown_is_not_held_up_by_a_connection_waiting_for_its_header(tmp_path: Path) -> None:
     """uvicorn's shutdown closes a connection still waiting for its header (as it closes
     an idle one): the server exits at once, the connection closed without a byte, not left
