@@ -701,8 +701,9 @@ _announced: set[str] = set()
 
 
 def _announce(policy: TrustPolicy, tls: bool) -> None:
-    """One INFO line per process and policy: PROXY handling is on, and how."""
-    line = f"PROXY protocol on: {policy!r}" + (", TLS after the header" if tls else "")
+    """One INFO line per process and policy, as every adapter says it: PROXY handling is on
+    (or off), and how."""
+    line = policy.describe() + ("; TLS after the header" if tls else "")
     if line not in _announced:
         _announced.add(line)
         logger.info("%s", line)
