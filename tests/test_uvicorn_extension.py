@@ -60,33 +60,14 @@ def test_extension_is_as_dict(name: str, tls: bool, impl: str) -> None:
     decoded = decode(HEADERS[name] + b"GET / HTTP/1.1\r\n\r\n")
     assert isinstance(decoded, Decoded)
     header = decoded.header
-    peer = ("127.0.0.1", 51000)
-    seen: list[dict[str, Any]] = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        seen.append(scope)
-
-    left, right = socket.socketpair()
-
-    async def call() -> None:
-        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-            asyncio.Protocol, left
-        )
-        proxied, local = VIEWS[impl]
-        view_class = proxied if header.source is not None else local
-        view = view_class(transport, header, peer, app, tls)
-        await view({"type": "http", "scheme": "http"}, None, None)
-        transport.close()
-
-    try:
-        asyncio.run(call())
-    finally:
-        right.close()
-    (scope,) = seen
+    proxied, local = VIEWS[impl]
+    view_class = proxied if header.source is not None else local
+    scope, _, _, _ = _answers(view_class, header, tls, "http")
     info = scope["extensions"]["proxy_protocol"]
-    expected = header.as_dict(peer, tls=tls)
+    expected = header.as_dict(PEER, tls=tls)
     assert info == expected
     assert list(info) == list(expected)
+    assert scope["scheme"] == ("https" if expected["tls"] else "http")
     assert scope["scheme"] == ("https" if expected["tls"] else "http")
 
 
@@ -105,6 +86,8 @@ SCOPES: dict[str, dict[str, Any]] = {
         "extensions": {"websocket.http.response": {}},
     },
 }
+PEER = ("127.0.0.1", 51000)
+"""The balancer's address the views are given."""
 NAMES = ["socket", "sockname", "peername", "sslcontext", "proxy_protocol", "compression", "cipher"]
 
 
@@ -121,7 +104,7 @@ def _answers(view_class: type[Any], header: ProxyHeader, tls: bool, kind: str) -
         transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
             asyncio.Protocol, left
         )
-        view = view_class(transport, header, ("127.0.0.1", 51000), app, tls)
+        view = view_class(transport, header, PEER, app, tls)
         scope = dict(SCOPES[kind])
         await view(scope, "receive", "send")
         extra = [view.get_extra_info(name) for name in NAMES]
@@ -158,9 +141,7 @@ def test_c_view_answers_as_the_python_reference(name: str, tls: bool, kind: str)
     assert c_answers == python_answers
     seen_scope, scope_after, _, fields = c_answers
     assert fields == (True, True, True)
-    assert seen_scope["extensions"]["proxy_protocol"] == header.as_dict(
-        ("127.0.0.1", 51000), tls=tls
-    )
+    assert seen_scope["extensions"]["proxy_protocol"] == header.as_dict(PEER, tls=tls)
     # The server's own extensions are kept beside ours.
     for key in SCOPES[kind].get("extensions") or {}:
         assert key in seen_scope["extensions"]
