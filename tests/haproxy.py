@@ -372,7 +372,8 @@ backend {name}_v2
 
 
 def haproxy_stats(socket_path: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """``show stat`` on HAProxy's stats socket, by (proxy, server)."""
+    """``show stat`` on HAProxy's stats socket, by (proxy, server); ``check_status`` is the
+    last finished check's (without the ``* `` of a check in progress)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stats:
         stats.settimeout(5)
         stats.connect(str(socket_path))
@@ -383,6 +384,10 @@ def haproxy_stats(socket_path: Path) -> dict[tuple[str, str], dict[str, str]]:
     lines = raw.decode().splitlines()
     columns = lines[0].lstrip("# ").split(",")
     rows = [dict(zip(columns, line.split(","), strict=False)) for line in lines[1:] if line]
+    for row in rows:
+        # "* L7OK": the last check passed and the next one is running; the result is L7OK.
+        if "check_status" in row:
+            row["check_status"] = row["check_status"].removeprefix("* ")
     return {(row["pxname"], row["svname"]): row for row in rows}
 
 
