@@ -10,8 +10,6 @@ test runs ``bash examples/chat/run.sh`` itself, as README.md says.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as websocket_connect
 
 from proxyproto_mw import encode_v1, encode_v2
+from tests.chat import assert_each_hears_the_other_stamped
 from tests.clients import WARNING, assert_closed_silently, open_from, request
 from tests.example_scripts import run_script
 from tests.gunicorn_server import Gunicorn
@@ -74,47 +71,9 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
     assert gunicorn.errors() == [], gunicorn.output()
 
 
-async def join(chat: Chat, source: str) -> tuple[ClientConnection, str]:
-    """Connect from ``source`` through HAProxy; the address the chat says we have."""
-    sock = open_from(source, ("127.0.0.1", chat.front_port))
-    websocket = await websocket_connect(
-        f"ws://127.0.0.1:{chat.front_port}/ws",
-        sock=sock,
-        proxy=None,
-        open_timeout=5,
-        close_timeout=2,
-        ping_interval=None,
-    )
-    welcome = json.loads(await websocket.recv())
-    return websocket, welcome["you"]
-
-
-async def next_message(websocket: ClientConnection) -> dict[str, str]:
-    """The next chat message the client receives."""
-    message = json.loads(await websocket.recv())
-    assert isinstance(message, dict)
-    return message
-
-
 def test_each_receives_the_other_message_stamped_with_the_sender_address(chat: Chat) -> None:
-    async def conversation() -> None:
-        alice, alice_address = await join(chat, "127.0.0.2")
-        bob, bob_address = await join(chat, "127.0.0.4")
-        try:
-            assert (alice_address, bob_address) == ("127.0.0.2", "127.0.0.4")
-            await alice.send("hello from alice")
-            alice_hears = {"from": "127.0.0.2", "text": "hello from alice"}
-            assert await next_message(bob) == alice_hears
-            assert await next_message(alice) == alice_hears  # everyone, the sender too
-            await bob.send("hello from bob")
-            bob_hears = {"from": "127.0.0.4", "text": "hello from bob"}
-            assert await next_message(alice) == bob_hears
-            assert await next_message(bob) == bob_hears
-        finally:
-            await alice.close()
-            await bob.close()
-
-    asyncio.run(asyncio.wait_for(conversation(), 20))
+    url = f"ws://127.0.0.1:{chat.front_port}/ws"
+    assert_each_hears_the_other_stamped(url, chat.front_port, ("127.0.0.2", "127.0.0.4"))
 
 
 def test_the_page_and_the_health_check(chat: Chat) -> None:

@@ -8,18 +8,15 @@ pass before the clients join.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as websocket_connect
 
 from proxyproto_mw import encode_v2
-from tests.clients import WARNING, open_from, request, send_and_assert_closed_silently
+from tests.chat import assert_each_hears_the_other_stamped
+from tests.clients import WARNING, request, send_and_assert_closed_silently
 from tests.haproxy import (
     HAProxy,
     free_port,
@@ -75,47 +72,9 @@ backend chat
     assert "Traceback" not in server.stderr(), server.stderr()
 
 
-async def join(chat: Chat, source: str) -> tuple[ClientConnection, str]:
-    """Connect from ``source`` through HAProxy; the address the chat says we have."""
-    sock = open_from(source, ("127.0.0.1", chat.front_port))
-    websocket = await websocket_connect(
-        f"ws://127.0.0.1:{chat.front_port}/",
-        sock=sock,
-        proxy=None,
-        open_timeout=5,
-        close_timeout=2,
-        ping_interval=None,
-    )
-    welcome = json.loads(await websocket.recv())
-    return websocket, welcome["you"]
-
-
-async def next_message(websocket: ClientConnection) -> dict[str, str]:
-    """The next chat message the client receives."""
-    message = json.loads(await websocket.recv())
-    assert isinstance(message, dict)
-    return message
-
-
 def test_each_receives_the_other_message_stamped_with_the_sender_address(chat: Chat) -> None:
-    async def conversation() -> None:
-        alice, alice_address = await join(chat, "127.0.0.2")
-        bob, bob_address = await join(chat, "127.0.0.3")
-        try:
-            assert (alice_address, bob_address) == ("127.0.0.2", "127.0.0.3")
-            await alice.send("hello from alice")
-            alice_hears = {"from": "127.0.0.2", "text": "hello from alice"}
-            assert await next_message(bob) == alice_hears
-            assert await next_message(alice) == alice_hears  # everyone, the sender too
-            await bob.send("hello from bob")
-            bob_hears = {"from": "127.0.0.3", "text": "hello from bob"}
-            assert await next_message(alice) == bob_hears
-            assert await next_message(bob) == bob_hears
-        finally:
-            await alice.close()
-            await bob.close()
-
-    asyncio.run(asyncio.wait_for(conversation(), 20))
+    url = f"ws://127.0.0.1:{chat.front_port}/"
+    assert_each_hears_the_other_stamped(url, chat.front_port, ("127.0.0.2", "127.0.0.3"))
 
 
 def test_a_header_from_anyone_but_the_balancer_is_refused(chat: Chat) -> None:
