@@ -764,7 +764,6 @@ speedups_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
-static struct PyModuleDef speedups_module;
 
 /* --- the uvicorn adapter's transport view -------------------------------------------- */
 
@@ -783,6 +782,24 @@ typedef struct {
     char tls;
     speedups_state *st; /* the module's: its type holds the module */
 } ViewObject;
+
+static void view_dealloc(PyObject *self);
+
+/* The module state of `type`, TransportView or a subclass: the state of the TransportView in
+ * its MRO (PyType_GetModuleByDef does this from Python 3.11 on). */
+static speedups_state *
+view_state(PyTypeObject *type)
+{
+    PyObject *mro = type->tp_mro;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (base->tp_dealloc == view_dealloc) {
+            return (speedups_state *)PyType_GetModuleState(base);
+        }
+    }
+    PyErr_SetString(PyExc_TypeError, "not a TransportView");
+    return NULL;
+}
 
 static PyObject *
 view_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -804,11 +821,10 @@ view_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (tls < 0) {
         return NULL;
     }
-    PyObject *module = PyType_GetModuleByDef(type, &speedups_module);
-    if (module == NULL) {
+    speedups_state *st = view_state(type);
+    if (st == NULL) {
         return NULL;
     }
-    speedups_state *st = get_state(module);
     if (st->header == NULL || !PyObject_TypeCheck(header, st->header)) {
         PyErr_SetString(PyExc_TypeError, "TransportView: header must be a ProxyHeader");
         return NULL;
@@ -856,8 +872,9 @@ view_clear(ViewObject *self)
 }
 
 static void
-view_dealloc(ViewObject *self)
+view_dealloc(PyObject *op)
 {
+    ViewObject *self = (ViewObject *)op;
     PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     (void)view_clear(self);
