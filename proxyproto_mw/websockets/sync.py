@@ -108,17 +108,14 @@ class ProxyProtocolConnection(ProxiedConnection, ServerConnection):
         # The rest (the server and the options) is the library's. Its options go by name:
         # handing them on as **kwargs would cost every connection about 5,000 instructions
         # (a dict built, then unpacked by the call).
-        if options:  # options of a later websockets
-            super().__init__(
-                sock,
-                protocol,
-                server,
+        if options:  # options of a later websockets: all go as **kwargs then
+            options.update(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
                 close_timeout=close_timeout,
                 max_queue=max_queue,
-                **options,
             )
+            super().__init__(sock, protocol, server, **options)
             return
         super().__init__(
             sock,
