@@ -150,7 +150,8 @@ for entry in "${others[@]}"; do
     [ $# -gt 0 ] || selection=(-m "not slow")
     # websockets 17, which proxyproto_mw.websockets needs, requires Python 3.11.
     [ "$name" != 3.10 ] || selection+=(--ignore=tests/test_websockets.py
-      --ignore=tests/test_websockets_chat_example.py)
+      --ignore=tests/test_websockets_chat_example.py
+      --ignore=tests/test_websockets_sync_arguments.py)
     stage "pytest python$name" ".venv-$name/bin/python" -m pytest -q -p no:cacheprovider "${selection[@]}"
     count "pytest python$name" $?
   else

@@ -216,13 +216,16 @@ def test_killed_worker_and_reloaded_haproxy_under_load(tmp_path: Path) -> None:
                 await asyncio.sleep(0.5)
                 for _, reset, sock in peers:
                     go_away(sock, reset)
-                # Reload HAProxy: the old process ends its tunnels after 3 s.
+                # Reload HAProxy: the old process ends its tunnels after 3 s. A connection
+                # opened once the reload began goes through the new process (the old one no
+                # longer listens); a client may reconnect before this loop sees the old
+                # process gone, so that is not the moment to count from.
+                reloading = time.monotonic()
                 second = await asyncio.to_thread(reload_haproxy, first, tmp_path / "reload")
                 stack.callback(second.stop)
                 await churn.until(lambda: has_exited(first.pid), "the old HAProxy exited")
-                gone = time.monotonic()
                 await churn.until(
-                    lambda: churn.reconnected_since(gone, everyone),
+                    lambda: churn.reconnected_since(reloading, everyone),
                     "every client reconnected after the reload",
                 )
                 await asyncio.to_thread(wait_until_healthy, stats_socket, [BACKEND], 15)
