@@ -512,23 +512,19 @@ def test_create_connection_must_be_a_server_connection(serve: Any) -> None:
         serve(_tagged_handler, "127.0.0.1", 0, policy=LOOPBACK_POLICY, create_connection=dict)
 
 
-def test_an_open_timeout_shorter_than_the_header_timeout_is_logged_as_such(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The asyncio server's handshake (under ``open_timeout``) starts with the connection,
-    as without a header: when it runs out first, the header timeout's line says so."""
+def _abandoned_header(
+    policy: TrustPolicy, open_timeout: float, partial: bytes
+) -> tuple[tuple[str, int], bytes, str, float]:
+    """The asyncio server with ``policy`` and ``open_timeout`` sent ``partial`` (part of a
+    header) and nothing more: our address, what came back, how it ended, after how long."""
 
     async def run() -> tuple[tuple[str, int], bytes, str, float]:
         async with proxyproto_mw.websockets.serve(
-            _tagged_handler,
-            "127.0.0.1",
-            0,
-            policy=TrustPolicy("127.0.0.1", timeout=30),
-            open_timeout=1,
+            _tagged_handler, "127.0.0.1", 0, policy=policy, open_timeout=open_timeout
         ) as server:
             port = server.sockets[0].getsockname()[1]
             sock = open_from("127.0.0.1", ("127.0.0.1", port))
-            sock.sendall(encode_v1(CLIENT, DESTINATION)[:12])
+            sock.sendall(partial)
             started = time.monotonic()
             received, end = await asyncio.to_thread(drain, sock, 10)
             seconds = time.monotonic() - started
@@ -536,8 +532,19 @@ def test_an_open_timeout_shorter_than_the_header_timeout_is_logged_as_such(
             sock.close()
             return peer, received, end, seconds
 
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_an_open_timeout_shorter_than_the_header_timeout_is_logged_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The asyncio server's handshake (under ``open_timeout``) starts with the connection,
+    as without a header: when it runs out first, the header timeout's line says so."""
+
     with caplog.at_level("WARNING", logger="proxyproto_mw"):
-        peer, received, end, seconds = asyncio.run(asyncio.wait_for(run(), 20))
+        peer, received, end, seconds = _abandoned_header(
+            TrustPolicy("127.0.0.1", timeout=30), 1, encode_v1(CLIENT, DESTINATION)[:12]
+        )
     assert (received, end) == (b"", "eof")
     assert 1 <= seconds < 5
     (line,) = [r.getMessage() for r in caplog.records if r.name == "proxyproto_mw"]
@@ -556,26 +563,10 @@ def test_an_open_timeout_equal_to_the_header_timeout_ends_the_header_as_in_other
     """With no timer of the adapter's own (the library's open_timeout is no longer than the
     header timeout), a header that never completes is logged with the usual line."""
 
-    async def run() -> tuple[tuple[str, int], bytes, str, float]:
-        async with proxyproto_mw.websockets.serve(
-            _tagged_handler,
-            "127.0.0.1",
-            0,
-            policy=TrustPolicy("127.0.0.1", timeout=3),
-            open_timeout=3,
-        ) as server:
-            port = server.sockets[0].getsockname()[1]
-            sock = open_from("127.0.0.1", ("127.0.0.1", port))
-            sock.sendall(encode_v2(CLIENT, DESTINATION)[:20])
-            started = time.monotonic()
-            received, end = await asyncio.to_thread(drain, sock, 10)
-            seconds = time.monotonic() - started
-            peer = local_address(sock)
-            sock.close()
-            return peer, received, end, seconds
-
     with caplog.at_level("WARNING", logger="proxyproto_mw"):
-        peer, received, end, seconds = asyncio.run(asyncio.wait_for(run(), 20))
+        peer, received, end, seconds = _abandoned_header(
+            TrustPolicy("127.0.0.1", timeout=3), 3, encode_v2(CLIENT, DESTINATION)[:20]
+        )
     assert (received, end) == (b"", "eof")
     assert 2.9 <= seconds < 6
     lines = [r.getMessage() for r in caplog.records if r.name == "proxyproto_mw"]
