@@ -33,7 +33,7 @@ from typing import Any
 from proxyproto_mw.wsgi import ProxyProtocolMiddleware
 from tests import apps
 from tests.haproxy import free_port
-from tests.servers import REPOSITORY, AppServer, LogMark, clean_environment
+from tests.servers import AppServer, LogMark, run_in_session
 
 __all__ = [
     "APP",
@@ -328,20 +328,7 @@ def run_gunicorn_to_exit(
     As :func:`tests.servers.run_to_exit`, in a session of its own whose processes are all
     killed should gunicorn start after all (workers would outlive a killed master).
     """
-    with subprocess.Popen(
-        list(argv),
-        cwd=REPOSITORY,
-        env=clean_environment(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"gunicorn did not exit within {timeout} s:\n{stderr}") from None
-    return subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+    completed = run_in_session(argv, env, timeout)
+    if completed.returncode is None:
+        raise AssertionError(f"gunicorn did not exit within {timeout} s:\n{completed.stderr}")
+    return completed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,32 @@ def run_to_exit(
         timeout=timeout,
         check=False,
     )
+
+
+def run_in_session(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 15.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that should exit, from the repository root, in a session of its own:
+    if it has not exited after ``timeout`` seconds, every process of the session is killed
+    (workers would outlive a killed parent) and the result's ``returncode`` is None."""
+    with subprocess.Popen(
+        list(argv),
+        cwd=REPOSITORY,
+        env=clean_environment(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+            returncode: int | None = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            returncode = None
+    return subprocess.CompletedProcess(list(argv), returncode, stdout, stderr)  # type: ignore[arg-type]
 
 
 class LogMark:

@@ -36,7 +36,13 @@ from tests.clients import (
 )
 from tests.gunicorn_server import WORKER_PID, Gunicorn
 from tests.haproxy import free_port
-from tests.servers import REPOSITORY, Uvicorn, clean_environment, run_to_exit, uvicorn_argv
+from tests.servers import (
+    REPOSITORY,
+    Uvicorn,
+    run_in_session,
+    run_to_exit,
+    uvicorn_argv,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -261,21 +267,8 @@ def test_bad_variable_under_workers_is_one_line_per_worker() -> None:
     """uvicorn's supervisor never loads the class: each worker checks and says it in one
     line. (Recent uvicorn then stops; older releases start new workers, which say it again.)"""
     argv = uvicorn_argv(free_port(), extra=["--workers", "2"])
-    with subprocess.Popen(
-        argv,
-        cwd=REPOSITORY,
-        env=clean_environment({"PROXYPROTO_MODE": "bogus"}),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as process:
-        try:
-            _, stderr = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            _, stderr = process.communicate()
+    # Older uvicorn keeps starting new workers: the session is killed after 10 s then.
+    stderr = run_in_session(argv, {"PROXYPROTO_MODE": "bogus"}, timeout=10).stderr
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if "PROXYPROTO_MODE" in line]
     assert len(lines) >= 2, stderr  # one per worker
