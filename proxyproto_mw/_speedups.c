@@ -48,6 +48,10 @@ enum {
     N_VERSION, N_COMMAND, N_CLIENT, N_SERVER, N_PEER, N_TLS, N_TLVS, N_ALPN, N_AUTHORITY,
     N_UNIQUE_ID, N_SSL, N_AWS_VPCE_ID, N_GCP_PSC_CONNECTION_ID, N_AZURE_PRIVATE_LINK_ID,
     N_PROXY, N_LOCAL,
+    /* the real transport's methods the view forwards (asyncio.Transport's API) */
+    N_IS_CLOSING, N_CLOSE, N_PAUSE_READING, N_RESUME_READING, N_IS_READING, N_SET_PROTOCOL,
+    N_GET_PROTOCOL, N_ABORT, N_CAN_WRITE_EOF, N_WRITE_EOF, N_WRITELINES,
+    N_GET_WRITE_BUFFER_SIZE, N_GET_WRITE_BUFFER_LIMITS, N_SET_WRITE_BUFFER_LIMITS,
     NAME_COUNT
 };
 #define INFO_FIRST N_VERSION
@@ -59,6 +63,9 @@ static const char *const NAME_TEXT[NAME_COUNT] = {
     "version", "command", "client", "server", "peer", "tls", "tlvs", "alpn", "authority",
     "unique_id", "ssl", "aws_vpce_id", "gcp_psc_connection_id", "azure_private_link_id",
     "PROXY", "LOCAL",
+    "is_closing", "close", "pause_reading", "resume_reading", "is_reading", "set_protocol",
+    "get_protocol", "abort", "can_write_eof", "write_eof", "writelines",
+    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
 };
 
 typedef struct {
@@ -316,6 +323,33 @@ parse_port(const unsigned char *text, Py_ssize_t size)
     return value <= 0xFFFF ? value : -1;
 }
 
+/* What inet_pton(AF_INET) accepts, without its copy and call: four decimal octets of at
+ * most 255 separated by dots, none with a leading zero (the caller passes only digits and
+ * dots). */
+static int
+is_dotted_quad(const unsigned char *text, Py_ssize_t size)
+{
+    Py_ssize_t i = 0;
+    for (int octet = 0; octet < 4; octet++) {
+        if (octet > 0) {
+            if (i >= size || text[i] != '.') {
+                return 0;
+            }
+            i++;
+        }
+        Py_ssize_t first = i;
+        int value = 0;
+        while (i < size && is_digit(text[i]) && i - first < 3) {
+            value = value * 10 + (text[i] - '0');
+            i++;
+        }
+        if (i == first || value > 255 || (text[first] == '0' && i - first > 1)) {
+            return 0;
+        }
+    }
+    return i == size;
+}
+
 /* The address text the Python decoder returns for a v1 field, or NULL with *valid = 0
  * when inet_pton rejects it. IPv4 keeps the field's text; IPv6 is normalized by
  * inet_ntop(inet_pton(field)), as socket.inet_ntop and socket.inet_pton do it. */
@@ -327,15 +361,19 @@ v1_address(const unsigned char *text, Py_ssize_t size, int ipv6, int *valid)
     char normal[INET6_ADDRSTRLEN];
 
     *valid = 0;
+    if (!ipv6) {
+        if (!is_dotted_quad(text, size)) {
+            return NULL;
+        }
+        *valid = 1;
+        return ascii_str((const char *)text, size);
+    }
     memcpy(field, text, (size_t)size); /* size < ADDRESS_TEXT_MAX: checked by the caller */
     field[size] = '\0';
-    if (inet_pton(ipv6 ? AF_INET6 : AF_INET, field, packed) != 1) {
+    if (inet_pton(AF_INET6, field, packed) != 1) {
         return NULL;
     }
     *valid = 1;
-    if (!ipv6) {
-        return ascii_str(field, size);
-    }
     if (inet_ntop(AF_INET6, packed, normal, sizeof(normal)) == NULL) {
         *valid = 0; /* cannot happen for 16 bytes; let Python answer if it does */
         return NULL;
@@ -885,8 +923,10 @@ view_dealloc(PyObject *op)
 static inline int
 is_name(PyObject *name, PyObject *interned)
 {
-    return name == interned ||
-           (PyUnicode_CheckExact(name) && PyUnicode_Compare(name, interned) == 0);
+    /* Two interned strings are equal only if they are the same object; uvicorn's names
+     * are constants of its code, so interned. */
+    return name == interned || (PyUnicode_CheckExact(name) && !PyUnicode_CHECK_INTERNED(name) &&
+                                PyUnicode_Compare(name, interned) == 0);
 }
 
 /* The header's item `index` (a ProxyHeader is a tuple: source 4, destination 5, tlvs 6). */
@@ -1034,6 +1074,53 @@ view_call(ViewObject *self, PyObject *args, PyObject *kwargs)
     return result;
 }
 
+/* The real transport's method `index`, called with the view's arguments: no bound method
+ * and no Python frame per call (the view's type keeps the generic attribute look-up, so
+ * that uvicorn's `transport.close()` finds the method directly). */
+static PyObject *
+view_forward(ViewObject *self, int index, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    PyObject *name = self->st->names[index];
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    if (total < 4) {
+        PyObject *call[5] = {self->transport};
+        for (Py_ssize_t i = 0; i < total; i++) {
+            call[i + 1] = args[i];
+        }
+        return PyObject_VectorcallMethod(name, call, (size_t)(nargs + 1), kwnames);
+    }
+    PyObject *method = PyObject_GetAttr(self->transport, name);
+    if (method == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(method, args, (size_t)nargs, kwnames);
+    Py_DECREF(method);
+    return result;
+}
+
+#define VIEW_FORWARD(method, index)                                                          \
+    static PyObject *view_##method(ViewObject *self, PyObject *const *args, Py_ssize_t nargs, \
+                                   PyObject *kwnames)                                         \
+    {                                                                                         \
+        return view_forward(self, index, args, nargs, kwnames);                               \
+    }
+VIEW_FORWARD(is_closing, N_IS_CLOSING)
+VIEW_FORWARD(close, N_CLOSE)
+VIEW_FORWARD(pause_reading, N_PAUSE_READING)
+VIEW_FORWARD(resume_reading, N_RESUME_READING)
+VIEW_FORWARD(is_reading, N_IS_READING)
+VIEW_FORWARD(set_protocol, N_SET_PROTOCOL)
+VIEW_FORWARD(get_protocol, N_GET_PROTOCOL)
+VIEW_FORWARD(abort, N_ABORT)
+VIEW_FORWARD(can_write_eof, N_CAN_WRITE_EOF)
+VIEW_FORWARD(write_eof, N_WRITE_EOF)
+VIEW_FORWARD(writelines, N_WRITELINES)
+VIEW_FORWARD(get_write_buffer_size, N_GET_WRITE_BUFFER_SIZE)
+VIEW_FORWARD(get_write_buffer_limits, N_GET_WRITE_BUFFER_LIMITS)
+VIEW_FORWARD(set_write_buffer_limits, N_SET_WRITE_BUFFER_LIMITS)
+#undef VIEW_FORWARD
+
 static PyMemberDef view_members[] = {
     {"_transport", T_OBJECT_EX, offsetof(ViewObject, transport), READONLY, "The real transport."},
     {"_header", T_OBJECT_EX, offsetof(ViewObject, header), READONLY, "The PROXY header."},
@@ -1048,6 +1135,34 @@ static PyMemberDef view_members[] = {
 static PyMethodDef view_methods[] = {
     {"get_extra_info", (PyCFunction)(void (*)(void))view_get_extra_info, METH_FASTCALL,
      view_get_extra_info_doc},
+    {"is_closing", (PyCFunction)(void (*)(void))view_is_closing, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"close", (PyCFunction)(void (*)(void))view_close, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"pause_reading", (PyCFunction)(void (*)(void))view_pause_reading, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"resume_reading", (PyCFunction)(void (*)(void))view_resume_reading, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"is_reading", (PyCFunction)(void (*)(void))view_is_reading, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"set_protocol", (PyCFunction)(void (*)(void))view_set_protocol, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"get_protocol", (PyCFunction)(void (*)(void))view_get_protocol, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"abort", (PyCFunction)(void (*)(void))view_abort, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"can_write_eof", (PyCFunction)(void (*)(void))view_can_write_eof, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"write_eof", (PyCFunction)(void (*)(void))view_write_eof, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"writelines", (PyCFunction)(void (*)(void))view_writelines, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"get_write_buffer_size", (PyCFunction)(void (*)(void))view_get_write_buffer_size, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"get_write_buffer_limits", (PyCFunction)(void (*)(void))view_get_write_buffer_limits, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))view_set_write_buffer_limits, METH_FASTCALL | METH_KEYWORDS,
+     "The real transport's."},
     {NULL, NULL, 0, NULL},
 };
 

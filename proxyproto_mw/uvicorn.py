@@ -129,6 +129,11 @@ class TLSSettings:
 # --- the view uvicorn's protocols are connected through ---------------------------------------
 
 
+def _forward(name: str) -> Any:
+    """The real transport's method ``name``, as a property of the view."""
+    return property(attrgetter(f"_transport.{name}"), doc="The real transport's.")
+
+
 class _PythonTransportView:
     """The fields and answers of :class:`ProxiedTransport`, in Python: the reference for
     ``_speedups.TransportView``, its base when the C accelerator is built."""
@@ -166,6 +171,23 @@ class _PythonTransportView:
             return self._header
         return self._transport.get_extra_info(name, default)
 
+    # The real transport's own methods (asyncio.Transport's API besides write and
+    # get_extra_info); the C view forwards each without a bound method or a Python frame.
+    is_closing = _forward("is_closing")
+    close = _forward("close")
+    pause_reading = _forward("pause_reading")
+    resume_reading = _forward("resume_reading")
+    is_reading = _forward("is_reading")
+    set_protocol = _forward("set_protocol")  # uvicorn's WebSocket upgrade
+    get_protocol = _forward("get_protocol")
+    abort = _forward("abort")
+    can_write_eof = _forward("can_write_eof")
+    write_eof = _forward("write_eof")
+    writelines = _forward("writelines")
+    get_write_buffer_size = _forward("get_write_buffer_size")
+    get_write_buffer_limits = _forward("get_write_buffer_limits")
+    set_write_buffer_limits = _forward("set_write_buffer_limits")
+
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         return self._call_slow(scope, receive, send)  # type: ignore[attr-defined, no-any-return]
 
@@ -183,8 +205,10 @@ class ProxiedTransport(_TransportView):
     WebSocket protocol): ``get_extra_info`` answers ``peername`` / ``sockname`` from the
     header and ``socket`` with None (uvicorn asks the socket first), unless the header
     carries no addresses (v1 UNKNOWN, v2 LOCAL), when the real transport answers.
-    ``write`` is the real transport's own method, bound once; reads never pass through
-    here (the real transport calls uvicorn's protocol directly).
+    ``write`` is the real transport's own method, bound once; the rest of
+    ``asyncio.Transport``'s methods (``close``, ``is_closing``, ``pause_reading``, ...) call
+    the real transport's. Reads never pass through here (the real transport calls uvicorn's
+    protocol directly).
 
     Called as an ASGI app, it calls the server's app with the header in
     ``scope["extensions"]["proxy_protocol"]`` (built per request, so that an idle
@@ -199,20 +223,6 @@ class ProxiedTransport(_TransportView):
     def header(self) -> ProxyHeader:
         """The connection's PROXY header."""
         return self._header
-
-    # The real transport's own methods, looked up in C (no Python frame per call).
-    is_closing = property(attrgetter("_transport.is_closing"), doc="The real transport's.")
-    close = property(attrgetter("_transport.close"), doc="The real transport's.")
-    pause_reading = property(attrgetter("_transport.pause_reading"), doc="The real transport's.")
-    resume_reading = property(attrgetter("_transport.resume_reading"), doc="The real transport's.")
-    set_protocol = property(
-        attrgetter("_transport.set_protocol"),
-        doc="The real transport's (uvicorn's WebSocket upgrade).",
-    )
-    get_protocol = property(attrgetter("_transport.get_protocol"), doc="The real transport's.")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
 
     def _call_slow(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """The server's app, with the header in the scope's extensions (beside the

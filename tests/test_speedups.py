@@ -614,6 +614,21 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     return bytes(data)
 
 
+IPV4_EDGES = (
+    "0.0.0.0 255.255.255.255 256.0.0.0 1.2.3.256 1.2.3 1.2.3.4.5 1..2.3 .1.2.3 1.2.3. 01.2.3.4 "
+    "1.2.3.04 1.2.3.0 1.2.3.00 1.2.3.2555 1.2.3.0255 300.1.1.1 1.2.3.4 9.99.199.249 1.2.3.4.. "
+    ".... 1.2.3.1000"
+).split()
+
+
+@needs_speedups
+@pytest.mark.parametrize("address", IPV4_EDGES)
+def test_v1_ipv4_edges_decode_alike(address: str) -> None:
+    """The C check of dotted quads accepts exactly what glibc's inet_pton does."""
+    compare(f"PROXY TCP4 {address} 10.0.0.1 1 2\r\n".encode())
+    compare(f"PROXY TCP4 10.0.0.1 {address} 1 2\r\n".encode())
+
+
 @needs_speedups
 @SETTINGS
 @given(v1_lines())

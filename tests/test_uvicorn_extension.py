@@ -173,3 +173,54 @@ def test_c_view_refuses_wrong_arguments_and_is_seen_by_the_collector() -> None:
         assert any(obj is held for obj in referents)
     with pytest.raises(AttributeError):
         view._header = decoded.header
+
+
+TRANSPORT_METHODS = [
+    ("is_closing", (), {}),
+    ("close", (), {}),
+    ("pause_reading", (), {}),
+    ("resume_reading", (), {}),
+    ("is_reading", (), {}),
+    ("set_protocol", ("protocol",), {}),
+    ("get_protocol", (), {}),
+    ("abort", (), {}),
+    ("can_write_eof", (), {}),
+    ("write_eof", (), {}),
+    ("writelines", ([b"a", b"b"],), {}),
+    ("get_write_buffer_size", (), {}),
+    ("get_write_buffer_limits", (), {}),
+    ("set_write_buffer_limits", (), {"high": 10, "low": 2}),
+    ("set_write_buffer_limits", (1, 2, 3, 4), {"x": 5}),  # more than the short path holds
+]
+
+
+@pytest.mark.parametrize("impl", sorted(VIEWS))
+@pytest.mark.parametrize(("method", "args", "kwargs"), TRANSPORT_METHODS)
+def test_transport_methods_are_the_real_transports(
+    impl: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Every other ``asyncio.Transport`` method reaches the real transport, with its
+    arguments and its answer; anything else is not there (no attribute forwarding)."""
+    decoded = decode(HEADERS["v1 tcp4"])
+    assert isinstance(decoded, Decoded)
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> Any:
+            def method(*args: Any, **kwargs: Any) -> str:
+                calls.append((name, args, kwargs))
+                return f"{name} answered"
+
+            return method
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        pass
+
+    view = VIEWS[impl][0](Transport(), decoded.header, None, app, False)
+    assert getattr(view, method)(*args, **kwargs) == f"{method} answered"
+    assert calls == [(method, args, kwargs)]
+    with pytest.raises(AttributeError):
+        view.get_extra_info_of_another_kind  # noqa: B018
