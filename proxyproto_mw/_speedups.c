@@ -52,6 +52,11 @@ enum {
     N_IS_CLOSING, N_CLOSE, N_PAUSE_READING, N_RESUME_READING, N_IS_READING, N_SET_PROTOCOL,
     N_GET_PROTOCOL, N_ABORT, N_CAN_WRITE_EOF, N_WRITE_EOF, N_WRITELINES,
     N_GET_WRITE_BUFFER_SIZE, N_GET_WRITE_BUFFER_LIMITS, N_SET_WRITE_BUFFER_LIMITS,
+    /* what the uvicorn adapter's header phase looks up */
+    N_POLICY, N_MODE, N_TLS_CONTEXT, N_WAITING, N_TICK, N_CONNECTIONS, N_VERDICT, N_VERSIONS,
+    N_HTTP_PROTOCOL, N_APP, N_WS_PROTOCOL_CLASS, N_CONNECTION_MADE, N_DATA_RECEIVED,
+    N_SHUTDOWN, N_CONNECTION_MADE_PYTHON, N_DATA_RECEIVED_PYTHON, N_ADD, N_DISCARD, N_CONFIG,
+    N_SERVER_STATE, N_APP_STATE, N_LOOP,
     NAME_COUNT
 };
 #define INFO_FIRST N_VERSION
@@ -66,6 +71,10 @@ static const char *const NAME_TEXT[NAME_COUNT] = {
     "is_closing", "close", "pause_reading", "resume_reading", "is_reading", "set_protocol",
     "get_protocol", "abort", "can_write_eof", "write_eof", "writelines",
     "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+    "policy", "mode", "tls_context", "waiting", "tick", "connections", "_verdict", "versions",
+    "http_protocol", "app", "ws_protocol_class", "connection_made", "data_received",
+    "shutdown", "_connection_made_python", "_data_received_python", "add", "discard", "config",
+    "server_state", "app_state", "_loop",
 };
 
 typedef struct {
@@ -81,6 +90,18 @@ typedef struct {
     PyObject *names[NAME_COUNT]; /* interned str, see NAME_TEXT */
     PyObject *view_type;       /* TransportView */
     PyObject *info_template;   /* as_dict's keys, every value None */
+    /* The uvicorn adapter's, from configure_protocol() (NULL before: Python serves). */
+    PyObject *phase_type;      /* HeaderPhase */
+    PyObject *by_loop;         /* proxyproto_mw.deadlines.by_loop */
+    PyObject *mode_off;        /* Mode.OFF */
+    PyObject *get_event_loop;  /* asyncio.get_event_loop */
+    PyObject *proxied;         /* ProxiedTransport */
+    PyObject *local;           /* _LocalHeaderTransport */
+    PyObject *proxy_headers;   /* uvicorn's ProxyHeadersMiddleware */
+    PyObject *ws_classes;      /* {uvicorn's WebSocket protocol: ours} */
+    PyObject *ws_wrap;         /* _ws_protocol_with_header */
+    PyObject *at_shutdown;     /* _AT_SHUTDOWN */
+    PyObject *protocol_kwnames; /* ("config", "server_state", "app_state", "_loop") */
 } speedups_state;
 
 static inline speedups_state *
@@ -679,6 +700,22 @@ fast_v2(speedups_state *st, PyObject *data, PyObject **result)
 
 /* --- module functions --------------------------------------------------------------- */
 
+/* The header at the start of `data` (exact bytes) when C decodes it itself: FAST_DONE with
+ * *result a Decoded, FAST_FALLBACK for whatever Python decides, FAST_ERROR with an
+ * exception set. */
+static int
+fast_decode(speedups_state *st, PyObject *data, PyObject **result)
+{
+    char first = PyBytes_GET_SIZE(data) > 0 ? PyBytes_AS_STRING(data)[0] : 0;
+    if (first == 'P') {
+        return fast_v1(st, data, result);
+    }
+    if (first == '\r') {
+        return fast_v2(st, data, result);
+    }
+    return FAST_FALLBACK;
+}
+
 PyDoc_STRVAR(decode_doc,
 "decode($module, /, data)\n"
 "--\n"
@@ -697,16 +734,8 @@ speedups_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObj
         return NULL;
     }
     if (nargs == 1 && kwnames == NULL && PyBytes_CheckExact(args[0])) {
-        PyObject *data = args[0];
         PyObject *result = NULL;
-        int outcome = FAST_FALLBACK;
-        char first = PyBytes_GET_SIZE(data) > 0 ? PyBytes_AS_STRING(data)[0] : 0;
-        if (first == 'P') {
-            outcome = fast_v1(st, data, &result);
-        }
-        else if (first == '\r') {
-            outcome = fast_v2(st, data, &result);
-        }
+        int outcome = fast_decode(st, args[0], &result);
         if (outcome == FAST_DONE) {
             return result;
         }
@@ -1186,12 +1215,612 @@ static PyType_Spec view_spec = {
     .slots = view_slots,
 };
 
+/* --- the uvicorn adapter's header phase ---------------------------------------------- */
+
+/* proxyproto_mw.uvicorn.ProxyProtocol's base when the accelerator is built: its fields, and
+ * the common connection (a trusted peer whose first read holds the whole header, no TLS
+ * after it) from connection_made to uvicorn's own protocol. Everything else calls the
+ * Python methods ProxyProtocol._connection_made_python and _data_received_python, the
+ * reference; _hand_over does what ProxyProtocol._hand_over_python does. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *config;
+    PyObject *server_state;
+    PyObject *app_state;
+    PyObject *loop;
+    PyObject *transport;
+    PyObject *peer;
+    PyObject *admission;
+    PyObject *waiting;
+    PyObject *pending_tls_data;
+    speedups_state *st;
+} PhaseObject;
+
+static void phase_dealloc(PyObject *self);
+
+/* The module state of `type`, HeaderPhase or a subclass (as view_state). */
+static speedups_state *
+phase_state(PyTypeObject *type)
+{
+    PyObject *mro = type->tp_mro;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (base->tp_dealloc == phase_dealloc) {
+            return (speedups_state *)PyType_GetModuleState(base);
+        }
+    }
+    PyErr_SetString(PyExc_TypeError, "not a HeaderPhase");
+    return NULL;
+}
+
+static int
+phase_init(PhaseObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"config", "server_state", "app_state", "_loop", NULL};
+    PyObject *config, *server_state, *app_state, *loop = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:ProxyProtocol", keywords, &config,
+                                     &server_state, &app_state, &loop)) {
+        return -1;
+    }
+    speedups_state *st = phase_state(Py_TYPE(self));
+    if (st == NULL) {
+        return -1;
+    }
+    self->st = st;
+    if (!PyObject_IsTrue(loop)) { /* `_loop or asyncio.get_event_loop()`, as uvicorn's */
+        if (st->get_event_loop == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "HeaderPhase: configure_protocol() not called");
+            return -1;
+        }
+        loop = PyObject_CallNoArgs(st->get_event_loop);
+        if (loop == NULL) {
+            return -1;
+        }
+    }
+    else {
+        Py_INCREF(loop);
+    }
+    Py_XSETREF(self->config, Py_NewRef(config));
+    Py_XSETREF(self->server_state, Py_NewRef(server_state));
+    Py_XSETREF(self->app_state, Py_NewRef(app_state));
+    Py_XSETREF(self->loop, loop);
+    return 0;
+}
+
+static int
+phase_traverse(PhaseObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->config);
+    Py_VISIT(self->server_state);
+    Py_VISIT(self->app_state);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->transport);
+    Py_VISIT(self->peer);
+    Py_VISIT(self->admission);
+    Py_VISIT(self->waiting);
+    Py_VISIT(self->pending_tls_data);
+    return 0;
+}
+
+static int
+phase_clear(PhaseObject *self)
+{
+    Py_CLEAR(self->config);
+    Py_CLEAR(self->server_state);
+    Py_CLEAR(self->app_state);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->peer);
+    Py_CLEAR(self->admission);
+    Py_CLEAR(self->waiting);
+    Py_CLEAR(self->pending_tls_data);
+    return 0;
+}
+
+static void
+phase_dealloc(PyObject *op)
+{
+    PhaseObject *self = (PhaseObject *)op;
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)phase_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* `self.NAME(arg)`: the Python method that serves what the fast path does not. */
+static PyObject *
+phase_python(PhaseObject *self, int index, PyObject *arg)
+{
+    if (self->st == NULL) { /* __init__ did not run */
+        return PyObject_CallMethod((PyObject *)self, NAME_TEXT[index], "O", arg);
+    }
+    PyObject *call[2] = {(PyObject *)self, arg};
+    return PyObject_VectorcallMethod(self->st->names[index], call,
+                                     2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* The class attribute `index` of the connection's protocol class (policy, tls_context, ...):
+ * a new reference. */
+static inline PyObject *
+class_attribute(PhaseObject *self, int index)
+{
+    return PyObject_GetAttr((PyObject *)Py_TYPE(self), self->st->names[index]);
+}
+
+/* set.add / set.discard on uvicorn's server_state.connections. */
+static int
+count_connection(PhaseObject *self, int add)
+{
+    PyObject *connections = PyObject_GetAttr(self->server_state, self->st->names[N_CONNECTIONS]);
+    if (connections == NULL) {
+        return -1;
+    }
+    int outcome;
+    if (PySet_Check(connections)) {
+        outcome = add ? PySet_Add(connections, (PyObject *)self)
+                      : PySet_Discard(connections, (PyObject *)self);
+    }
+    else {
+        PyObject *result = PyObject_CallMethodOneArg(
+            connections, self->st->names[add ? N_ADD : N_DISCARD], (PyObject *)self);
+        outcome = result == NULL ? -1 : 0;
+        Py_XDECREF(result);
+    }
+    Py_DECREF(connections);
+    return outcome < 0 ? -1 : 0;
+}
+
+PyDoc_STRVAR(phase_connection_made_doc,
+"connection_made($self, transport, /)\n"
+"--\n"
+"\n"
+"Watch for the header; uvicorn's protocol is built once it is in.");
+
+static PyObject *
+phase_connection_made(PhaseObject *self, PyObject *transport)
+{
+    speedups_state *st = self->st;
+    if (st == NULL || st->by_loop == NULL || self->loop == NULL || self->server_state == NULL) {
+        goto python;
+    }
+    PyObject **names = st->names;
+    Py_XSETREF(self->transport, Py_NewRef(transport));
+    PyObject *policy = class_attribute(self, N_POLICY);
+    if (policy == NULL) {
+        return NULL;
+    }
+    if (policy == Py_None) { /* the environment's policy, read on the first connection */
+        Py_DECREF(policy);
+        goto python;
+    }
+    PyObject *mode = PyObject_GetAttr(policy, names[N_MODE]);
+    Py_DECREF(policy);
+    if (mode == NULL) {
+        return NULL;
+    }
+    int off = mode == st->mode_off;
+    Py_DECREF(mode);
+    if (off) {
+        goto python;
+    }
+    PyObject *deadlines = PyDict_GetItemWithError(st->by_loop, self->loop);
+    if (deadlines == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        goto python; /* the first connection in a while: Python starts the sweep */
+    }
+    PyObject *call[2] = {transport, names[N_PEERNAME]};
+    PyObject *peer = PyObject_VectorcallMethod(names[N_GET_EXTRA_INFO], call,
+                                               2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (peer == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(peer) || PyTuple_GET_SIZE(peer) < 2) {
+        Py_DECREF(peer); /* no address (a peer gone already), or not an IP socket's */
+        goto python;
+    }
+    Py_INCREF(deadlines);
+    PyObject *waiting = PyObject_GetAttr(deadlines, names[N_WAITING]);
+    PyObject *tick = waiting == NULL ? NULL : PyObject_GetAttr(deadlines, names[N_TICK]);
+    Py_DECREF(deadlines);
+    if (tick == NULL || !PyDict_CheckExact(waiting) ||
+        PyDict_SetItem(waiting, (PyObject *)self, tick) < 0) {
+        if (tick != NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "HeaderDeadlines.waiting must be a dict");
+        }
+        Py_XDECREF(waiting);
+        Py_XDECREF(tick);
+        Py_DECREF(peer);
+        return NULL;
+    }
+    Py_DECREF(tick);
+    Py_XSETREF(self->admission, Py_NewRef(Py_None));
+    Py_XSETREF(self->peer, peer);
+    Py_XSETREF(self->waiting, waiting);
+    /* Counted among uvicorn's connections, so that its shutdown reaches this one. */
+    if (count_connection(self, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+
+python:
+    return phase_python(self, N_CONNECTION_MADE_PYTHON, transport);
+}
+
+static PyObject *hand_over(PhaseObject *self, PyObject *transport, PyObject *header,
+                           PyObject *peer, PyObject *data);
+
+PyDoc_STRVAR(phase_data_received_doc,
+"data_received($self, data, /)\n"
+"--\n"
+"\n"
+"Apply the policy to the first bytes until the header is complete.");
+
+static PyObject *
+phase_data_received(PhaseObject *self, PyObject *data)
+{
+    speedups_state *st = self->st;
+    if (st == NULL || st->by_loop == NULL || self->waiting == NULL ||
+        !PyDict_CheckExact(self->waiting) || (self->admission != NULL && self->admission != Py_None) ||
+        !PyBytes_CheckExact(data) || self->peer == NULL || !PyTuple_CheckExact(self->peer) ||
+        PyTuple_GET_SIZE(self->peer) < 2 || self->transport == NULL) {
+        goto python;
+    }
+    PyObject **names = st->names;
+    PyObject *tls_context = class_attribute(self, N_TLS_CONTEXT);
+    if (tls_context == NULL) {
+        return NULL;
+    }
+    int tls = tls_context != Py_None;
+    Py_DECREF(tls_context);
+    if (tls) {
+        goto python;
+    }
+    PyObject *policy = class_attribute(self, N_POLICY);
+    if (policy == NULL) {
+        return NULL;
+    }
+    /* TrustPolicy.admit's first branch: a trusted peer, a complete header of an accepted
+     * version. */
+    PyObject *verdict = PyObject_CallMethodOneArg(policy, names[N_VERDICT],
+                                                  PyTuple_GET_ITEM(self->peer, 0));
+    if (verdict == NULL) {
+        Py_DECREF(policy);
+        return NULL;
+    }
+    int trusted = PyObject_IsTrue(verdict);
+    Py_DECREF(verdict);
+    if (trusted <= 0) {
+        Py_DECREF(policy);
+        if (trusted < 0) {
+            return NULL;
+        }
+        goto python;
+    }
+    PyObject *decoded = NULL;
+    int outcome = fast_decode(st, data, &decoded);
+    if (outcome != FAST_DONE) {
+        Py_DECREF(policy);
+        if (outcome == FAST_ERROR) {
+            return NULL;
+        }
+        goto python;
+    }
+    PyObject *header = PyTuple_GET_ITEM(decoded, 0);
+    PyObject *versions = PyObject_GetAttr(policy, names[N_VERSIONS]);
+    Py_DECREF(policy);
+    int accepted = versions == NULL ? -1 : PySequence_Contains(versions, PyTuple_GET_ITEM(header, 0));
+    Py_XDECREF(versions);
+    if (accepted <= 0) {
+        Py_DECREF(decoded);
+        if (accepted < 0) {
+            return NULL;
+        }
+        goto python;
+    }
+    /* Admitted: the header phase is over. */
+    PyObject *waiting = self->waiting;
+    self->waiting = Py_NewRef(Py_None);
+    PyObject *arrived = PyDict_GetItemWithError(waiting, (PyObject *)self);
+    Py_XINCREF(arrived);
+    if ((arrived == NULL && PyErr_Occurred()) ||
+        (arrived != NULL && PyDict_DelItem(waiting, (PyObject *)self) < 0)) {
+        Py_XDECREF(arrived);
+        Py_DECREF(waiting);
+        Py_DECREF(decoded);
+        return NULL;
+    }
+    Py_DECREF(waiting);
+    Py_XSETREF(self->admission, Py_NewRef(Py_None));
+    if (count_connection(self, 0) < 0) { /* uvicorn's protocol counts it now */
+        Py_XDECREF(arrived);
+        Py_DECREF(decoded);
+        return NULL;
+    }
+    PyObject *transport = Py_NewRef(self->transport);
+    PyObject *peer = Py_NewRef(self->peer);
+    PyObject *protocol = hand_over(self, transport, header, peer, PyTuple_GET_ITEM(decoded, 1));
+    Py_DECREF(transport);
+    Py_DECREF(peer);
+    Py_DECREF(decoded);
+    if (protocol == NULL) {
+        Py_XDECREF(arrived);
+        return NULL;
+    }
+    int at_shutdown = arrived == NULL ? 0 : PyObject_RichCompareBool(arrived, st->at_shutdown, Py_EQ);
+    Py_XDECREF(arrived);
+    PyObject *result = NULL;
+    if (at_shutdown > 0) { /* the server is stopping: this request, then close */
+        result = PyObject_CallMethodNoArgs(protocol, names[N_SHUTDOWN]);
+    }
+    Py_DECREF(protocol);
+    if (at_shutdown < 0 || (at_shutdown > 0 && result == NULL)) {
+        return NULL;
+    }
+    Py_XDECREF(result);
+    Py_RETURN_NONE;
+
+python:
+    return phase_python(self, N_DATA_RECEIVED_PYTHON, data);
+}
+
+/* ProxyProtocol._hand_over_python, in C: build uvicorn's protocol and give it the
+ * connection (through the view when a header came); a new reference to the protocol. */
+static PyObject *
+hand_over(PhaseObject *self, PyObject *transport, PyObject *header, PyObject *peer,
+          PyObject *data)
+{
+    speedups_state *st = self->st;
+    PyObject **names = st->names;
+    PyObject *arguments[4] = {self->config, self->server_state, self->app_state, self->loop};
+    for (int i = 0; i < 4; i++) {
+        if (arguments[i] == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "ProxyProtocol: not initialised");
+            return NULL;
+        }
+    }
+    PyObject *protocol_class = class_attribute(self, N_HTTP_PROTOCOL);
+    if (protocol_class == NULL) {
+        return NULL;
+    }
+    PyObject *protocol = PyObject_Vectorcall(protocol_class, arguments, 0, st->protocol_kwnames);
+    Py_DECREF(protocol_class);
+    if (protocol == NULL) {
+        return NULL;
+    }
+    PyObject *connected = NULL, *app = NULL, *result = NULL;
+    Py_INCREF(peer);
+    if (header == Py_None) {
+        connected = Py_NewRef(transport);
+    }
+    else {
+        if (!PyObject_TypeCheck(header, st->header)) {
+            PyErr_SetString(PyExc_TypeError, "_hand_over: header must be a ProxyHeader or None");
+            goto error;
+        }
+        app = PyObject_GetAttr(protocol, names[N_APP]);
+        if (app == NULL) {
+            goto error;
+        }
+        if ((PyObject *)Py_TYPE(app) == st->proxy_headers) {
+            /* The header's addresses are authoritative: X-Forwarded-For written by a client
+             * must not replace them. */
+            Py_SETREF(app, PyObject_GetAttr(app, names[N_APP]));
+            if (app == NULL) {
+                goto error;
+            }
+        }
+        if (peer != Py_None) {
+            Py_ssize_t size = PyObject_Length(peer);
+            if (size < 0) {
+                goto error;
+            }
+            if (size != 2) { /* IPv6: host and port, as the extension holds them */
+                PyObject *host = PySequence_GetItem(peer, 0);
+                PyObject *port = host == NULL ? NULL : PySequence_GetItem(peer, 1);
+                PyObject *pair = port == NULL ? NULL : PyTuple_Pack(2, host, port);
+                Py_XDECREF(host);
+                Py_XDECREF(port);
+                if (pair == NULL) {
+                    goto error;
+                }
+                Py_SETREF(peer, pair);
+            }
+        }
+        PyObject *view_class = PyTuple_GET_ITEM(header, 4) != Py_None ? st->proxied : st->local;
+        PyObject *view_arguments[5] = {transport, header, peer, app, Py_False};
+        PyObject *tls_context = class_attribute(self, N_TLS_CONTEXT);
+        if (tls_context == NULL) {
+            goto error;
+        }
+        view_arguments[4] = tls_context != Py_None ? Py_True : Py_False;
+        Py_DECREF(tls_context);
+        connected = PyObject_Vectorcall(view_class, view_arguments, 5, NULL);
+        if (connected == NULL || PyObject_SetAttr(protocol, names[N_APP], connected) < 0) {
+            goto error;
+        }
+        PyObject *ws_class = PyObject_GetAttr(protocol, names[N_WS_PROTOCOL_CLASS]);
+        if (ws_class == NULL) {
+            goto error;
+        }
+        if (ws_class != Py_None) {
+            PyObject *ours = PyDict_GetItemWithError(st->ws_classes, ws_class);
+            if (ours != NULL) {
+                Py_INCREF(ours);
+            }
+            else if (!PyErr_Occurred()) {
+                ours = PyObject_CallOneArg(st->ws_wrap, ws_class);
+            }
+            int failed = ours == NULL ||
+                         PyObject_SetAttr(protocol, names[N_WS_PROTOCOL_CLASS], ours) < 0;
+            Py_XDECREF(ours);
+            if (failed) {
+                Py_DECREF(ws_class);
+                goto error;
+            }
+        }
+        Py_DECREF(ws_class);
+    }
+    /* uvloop caches the protocol's data_received: set_protocol makes it look again. */
+    result = PyObject_CallMethodOneArg(transport, names[N_SET_PROTOCOL], protocol);
+    if (result == NULL) {
+        goto error;
+    }
+    Py_SETREF(result, PyObject_CallMethodOneArg(protocol, names[N_CONNECTION_MADE], connected));
+    if (result == NULL) {
+        goto error;
+    }
+    Py_CLEAR(result);
+    if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) > 0) {
+        int nonempty = PyObject_IsTrue(data);
+        if (nonempty < 0) {
+            goto error;
+        }
+        if (nonempty) {
+            result = PyObject_CallMethodOneArg(protocol, names[N_DATA_RECEIVED], data);
+            if (result == NULL) {
+                goto error;
+            }
+            Py_CLEAR(result);
+        }
+    }
+    Py_XDECREF(app);
+    Py_DECREF(peer);
+    Py_DECREF(connected);
+    return protocol;
+
+error:
+    Py_XDECREF(app);
+    Py_DECREF(peer);
+    Py_XDECREF(connected);
+    Py_DECREF(protocol);
+    return NULL;
+}
+
+PyDoc_STRVAR(phase_hand_over_doc,
+"_hand_over($self, transport, header, peer, data, /)\n"
+"--\n"
+"\n"
+"Build uvicorn's protocol and give it the connection; later bytes go to it.");
+
+static PyObject *
+phase_hand_over(PhaseObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "_hand_over() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (self->st == NULL || self->st->by_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HeaderPhase: configure_protocol() not called");
+        return NULL;
+    }
+    return hand_over(self, args[0], args[1], args[2], args[3]);
+}
+
+static PyMemberDef phase_members[] = {
+    {"_config", T_OBJECT, offsetof(PhaseObject, config), 0, "uvicorn's Config."},
+    {"_server_state", T_OBJECT, offsetof(PhaseObject, server_state), 0,
+     "uvicorn's ServerState."},
+    {"_app_state", T_OBJECT, offsetof(PhaseObject, app_state), 0, "The lifespan's state."},
+    {"_loop", T_OBJECT, offsetof(PhaseObject, loop), 0, "The event loop."},
+    {"_transport", T_OBJECT, offsetof(PhaseObject, transport), 0, "The real transport."},
+    {"_peer", T_OBJECT, offsetof(PhaseObject, peer), 0, "The balancer's address."},
+    {"_admission", T_OBJECT, offsetof(PhaseObject, admission), 0,
+     "Made when the first bytes leave the header incomplete."},
+    {"_waiting", T_OBJECT, offsetof(PhaseObject, waiting), 0,
+     "The loop's connections waiting for their header (None: the header phase is over)."},
+    {"_pending_tls_data", T_OBJECT, offsetof(PhaseObject, pending_tls_data), 0,
+     "Bytes that arrive while TLS after the header starts."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef phase_methods[] = {
+    {"connection_made", (PyCFunction)phase_connection_made, METH_O, phase_connection_made_doc},
+    {"data_received", (PyCFunction)phase_data_received, METH_O, phase_data_received_doc},
+    {"_hand_over", (PyCFunction)(void (*)(void))phase_hand_over, METH_FASTCALL,
+     phase_hand_over_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot phase_slots[] = {
+    {Py_tp_doc, "The header phase of a uvicorn connection (the accelerated base of "
+                "proxyproto_mw.uvicorn.ProxyProtocol)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, phase_init},
+    {Py_tp_dealloc, phase_dealloc},
+    {Py_tp_traverse, phase_traverse},
+    {Py_tp_clear, phase_clear},
+    {Py_tp_members, phase_members},
+    {Py_tp_methods, phase_methods},
+    {0, NULL},
+};
+
+static PyType_Spec phase_spec = {
+    .name = "proxyproto_mw._speedups.HeaderPhase",
+    .basicsize = sizeof(PhaseObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = phase_slots,
+};
+
+PyDoc_STRVAR(configure_protocol_doc,
+"configure_protocol($module, by_loop, mode_off, get_event_loop, proxied, local,\n"
+"                   proxy_headers, ws_classes, ws_wrap, at_shutdown, /)\n"
+"--\n"
+"\n"
+"Register what the uvicorn adapter's header phase uses (proxyproto_mw.uvicorn calls it).");
+
+static PyObject *
+speedups_configure_protocol(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "configure_protocol() takes 9 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    speedups_state *st = get_state(module);
+    if (!PyDict_CheckExact(args[0]) || !PyDict_CheckExact(args[6]) ||
+        !PyCallable_Check(args[2]) || !PyType_Check(args[3]) || !PyType_Check(args[4]) ||
+        !PyType_Check(args[5]) || !PyCallable_Check(args[7]) || !PyLong_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "configure_protocol(): wrong argument types");
+        return NULL;
+    }
+    for (int i = 3; i <= 4; i++) {
+        if (!PyType_IsSubtype((PyTypeObject *)args[i], (PyTypeObject *)st->view_type)) {
+            PyErr_SetString(PyExc_TypeError, "configure_protocol(): views must be TransportViews");
+            return NULL;
+        }
+    }
+    if (st->protocol_kwnames == NULL) {
+        st->protocol_kwnames = PyTuple_Pack(4, st->names[N_CONFIG], st->names[N_SERVER_STATE],
+                                            st->names[N_APP_STATE], st->names[N_LOOP]);
+        if (st->protocol_kwnames == NULL) {
+            return NULL;
+        }
+    }
+    Py_XSETREF(st->mode_off, Py_NewRef(args[1]));
+    Py_XSETREF(st->get_event_loop, Py_NewRef(args[2]));
+    Py_XSETREF(st->proxied, Py_NewRef(args[3]));
+    Py_XSETREF(st->local, Py_NewRef(args[4]));
+    Py_XSETREF(st->proxy_headers, Py_NewRef(args[5]));
+    Py_XSETREF(st->ws_classes, Py_NewRef(args[6]));
+    Py_XSETREF(st->ws_wrap, Py_NewRef(args[7]));
+    Py_XSETREF(st->at_shutdown, Py_NewRef(args[8]));
+    Py_XSETREF(st->by_loop, Py_NewRef(args[0])); /* last: it turns the fast path on */
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))speedups_decode, METH_FASTCALL | METH_KEYWORDS,
      decode_doc},
     {"configure", (PyCFunction)(void (*)(void))speedups_configure, METH_FASTCALL,
      configure_doc},
     {"crc32c", speedups_crc32c, METH_VARARGS, crc32c_doc},
+    {"configure_protocol", (PyCFunction)(void (*)(void))speedups_configure_protocol,
+     METH_FASTCALL, configure_protocol_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1218,6 +1847,17 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     }
     Py_VISIT(st->view_type);
     Py_VISIT(st->info_template);
+    Py_VISIT(st->phase_type);
+    Py_VISIT(st->by_loop);
+    Py_VISIT(st->mode_off);
+    Py_VISIT(st->get_event_loop);
+    Py_VISIT(st->proxied);
+    Py_VISIT(st->local);
+    Py_VISIT(st->proxy_headers);
+    Py_VISIT(st->ws_classes);
+    Py_VISIT(st->ws_wrap);
+    Py_VISIT(st->at_shutdown);
+    Py_VISIT(st->protocol_kwnames);
     return 0;
 }
 
@@ -1242,6 +1882,17 @@ speedups_clear(PyObject *module)
     }
     Py_CLEAR(st->view_type);
     Py_CLEAR(st->info_template);
+    Py_CLEAR(st->phase_type);
+    Py_CLEAR(st->by_loop);
+    Py_CLEAR(st->mode_off);
+    Py_CLEAR(st->get_event_loop);
+    Py_CLEAR(st->proxied);
+    Py_CLEAR(st->local);
+    Py_CLEAR(st->proxy_headers);
+    Py_CLEAR(st->ws_classes);
+    Py_CLEAR(st->ws_wrap);
+    Py_CLEAR(st->at_shutdown);
+    Py_CLEAR(st->protocol_kwnames);
     return 0;
 }
 
@@ -1272,6 +1923,10 @@ speedups_exec(PyObject *module)
     }
     st->view_type = PyType_FromModuleAndSpec(module, &view_spec, NULL);
     if (st->view_type == NULL || PyModule_AddObjectRef(module, "TransportView", st->view_type) < 0) {
+        return -1;
+    }
+    st->phase_type = PyType_FromModuleAndSpec(module, &phase_spec, NULL);
+    if (st->phase_type == NULL || PyModule_AddObjectRef(module, "HeaderPhase", st->phase_type) < 0) {
         return -1;
     }
     if (pthread_once(&crc32c_once, crc32c_init) != 0) {

@@ -1,6 +1,7 @@
 """Optional C accelerator of :func:`proxyproto_mw.decoder.decode` (``_speedups.c``)."""
 
 from collections.abc import Callable
+from typing import Any
 
 from .decoder import Decoded, NeedData
 from .header import TLV, Command, Family, ProxyHeader, TransportProtocol
@@ -24,3 +25,23 @@ def crc32c(data: bytes, table: bool = False, /) -> int:
 
 def decode(data: bytes) -> Decoded | NeedData:
     """Decode the header at the start of ``data``; input it does not handle goes to Python."""
+
+class TransportView:
+    """The accelerated base of ``proxyproto_mw.uvicorn.ProxiedTransport``."""
+
+class HeaderPhase:
+    """The accelerated base of ``proxyproto_mw.uvicorn.ProxyProtocol``."""
+
+def configure_protocol(
+    by_loop: dict[Any, Any],
+    mode_off: object,
+    get_event_loop: Callable[[], Any],
+    proxied: type,
+    local: type,
+    proxy_headers: type,
+    ws_classes: dict[Any, Any],
+    ws_wrap: Callable[[Any], Any],
+    at_shutdown: int,
+    /,
+) -> None:
+    """Register what the uvicorn adapter's header phase uses."""

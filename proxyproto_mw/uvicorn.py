@@ -302,7 +302,42 @@ def _ws_protocol_with_header(ws_protocol_class: Any) -> Any:
 # --- the protocol uvicorn builds per connection -----------------------------------------------
 
 
-class ProxyProtocol(asyncio.Protocol):
+class _PythonHeaderPhase(asyncio.Protocol):
+    """The fields of :class:`ProxyProtocol` and its ``__init__``, in Python: its base when
+    the C accelerator is not built (``_speedups.HeaderPhase`` otherwise)."""
+
+    __slots__ = (
+        "_admission",
+        "_app_state",
+        "_config",
+        "_loop",
+        "_peer",
+        "_pending_tls_data",
+        "_server_state",
+        "_transport",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._loop = _loop or asyncio.get_event_loop()
+
+
+if TYPE_CHECKING or not ACCELERATED:
+    _HeaderPhase = _PythonHeaderPhase
+else:
+    from ._speedups import HeaderPhase as _HeaderPhase
+
+
+class ProxyProtocol(_HeaderPhase, asyncio.Protocol):
     """Reads the PROXY header, then hands the connection to uvicorn's ``http_protocol``.
 
     uvicorn builds one per connection, as any ``--http`` class, with ``config``,
@@ -310,6 +345,11 @@ class ProxyProtocol(asyncio.Protocol):
     header is in, with the same arguments. Until then the connection is among uvicorn's
     (``server_state.connections``) as this protocol, so that uvicorn's shutdown calls
     :meth:`shutdown` and never waits for a header that does not come.
+
+    With the C accelerator, ``_speedups.HeaderPhase`` (the base) holds the fields and
+    serves the common connection (a trusted peer whose first read holds the whole header)
+    from ``connection_made`` to the hand-over; it calls :meth:`_connection_made_python` and
+    :meth:`_data_received_python`, the reference, for everything else.
     """
 
     http_protocol: ClassVar[type[asyncio.Protocol]]
@@ -323,17 +363,8 @@ class ProxyProtocol(asyncio.Protocol):
     unannounced: ClassVar[bool] = False
     """The INFO line saying that PROXY handling is on is still to be logged."""
 
-    __slots__ = (
-        "_admission",
-        "_app_state",
-        "_config",
-        "_loop",
-        "_peer",
-        "_pending_tls_data",
-        "_server_state",
-        "_transport",
-        "_waiting",
-    )
+    __slots__ = ()
+    _transport: asyncio.Transport
     _admission: Admission | None
     """Made when the first bytes leave the header incomplete."""
     _peer: Address | None
@@ -341,18 +372,6 @@ class ProxyProtocol(asyncio.Protocol):
     """The loop's connections waiting for their header (None: the header phase is over)."""
     _pending_tls_data: bytearray | None
     """Bytes that arrive while the TLS handshake after the header is being started."""
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: Any,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self._config = config
-        self._server_state = server_state
-        self._app_state = app_state
-        self._loop = _loop or asyncio.get_event_loop()
 
     @classmethod
     def with_policy(
@@ -387,9 +406,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     # asyncio.Protocol
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def _connection_made_python(self, transport: asyncio.BaseTransport) -> None:
         """Watch for the header; uvicorn's protocol is built once it is in."""
-        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]
         policy = self.policy
         if policy is None:  # from the environment, read once for the class
             policy = type(self).policy = environment_policy()
@@ -418,7 +437,7 @@ class ProxyProtocol(asyncio.Protocol):
         # (shutdown() below) instead of waiting for it.
         self._server_state.connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received_python(self, data: bytes) -> None:
         """Apply the policy to the first bytes until the header is complete."""
         waiting = self._waiting
         if waiting is None:  # starting TLS after the header, or closed already
@@ -503,7 +522,7 @@ class ProxyProtocol(asyncio.Protocol):
         else:
             self._hand_over(self._transport, admitted.header, peer, admitted.data)
 
-    def _hand_over(
+    def _hand_over_python(
         self,
         transport: asyncio.Transport,
         header: ProxyHeader | None,
@@ -542,6 +561,11 @@ class ProxyProtocol(asyncio.Protocol):
             protocol.data_received(data)
         return protocol
 
+    if TYPE_CHECKING or not ACCELERATED:
+        connection_made = _connection_made_python
+        data_received = _data_received_python
+        _hand_over = _hand_over_python
+
     def _start_tls(self, peer: Address | None, admitted: Admitted) -> None:
         """Serve TLS on the connection after its header (the header itself is in clear)."""
         raw = self._transport
@@ -574,6 +598,22 @@ class ProxyProtocol(asyncio.Protocol):
             self._hand_over(tls_transport, admitted.header, peer, pending)
 
         task.add_done_callback(tls_ready)
+
+
+if not TYPE_CHECKING and ACCELERATED:
+    from ._speedups import configure_protocol
+
+    configure_protocol(
+        _deadlines,
+        _OFF,
+        asyncio.get_event_loop,
+        ProxiedTransport,
+        _LocalHeaderTransport,
+        ProxyHeadersMiddleware,
+        _ws_classes,
+        _ws_protocol_with_header,
+        _AT_SHUTDOWN,
+    )
 
 
 def _is_ip_socket(transport: asyncio.BaseTransport) -> bool:

@@ -9,9 +9,11 @@ header, TLVs that end one byte early or late, UNIQUE_ID of 128 and 129 bytes). E
 input must give equal results of identical types, or the same error with the same
 message. Each header decoded is also served through the uvicorn adapter's transport view,
 the extension's ``TransportView`` against the pure-Python ``_PythonTransportView``: the
-scope the app gets and every ``get_extra_info`` answer must be equal. The run stops after
-``--iterations`` inputs or ``--seconds``, whichever comes first, and exits 1 at the first
-mismatch (a sanitizer report aborts the process itself).
+scope the app gets and every ``get_extra_info`` answer must be equal; and every input is
+a connection's first read for the adapter's header phase, the extension's ``HeaderPhase``
+against the Python reference: the same hand-over with the same view, or the same close.
+The run stops after ``--iterations`` inputs or ``--seconds``, whichever comes first, and
+exits 1 at the first mismatch (a sanitizer report aborts the process itself).
 
 ``--atheris`` runs a coverage-guided search instead (atheris' libFuzzer), seeded with
 valid headers; the coverage it follows is the pure-Python reference decoder's, whose
@@ -25,6 +27,7 @@ sanitizer runtime; ``tests/test_sanitizers.py`` runs a bounded pass in the test 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.machinery
 import importlib.util
 import inspect
@@ -40,10 +43,12 @@ from typing import Any
 
 from crc32c import crc32c
 
+from proxyproto_mw import TrustPolicy, deadlines
 from proxyproto_mw import decoder as decoder_module
 from proxyproto_mw import header as header_module
 from proxyproto_mw.decoder import Decoded, _decode_python
 from proxyproto_mw.header import TLV, Command, Family, ProxyHeader, TransportProtocol
+from proxyproto_mw.policy import logger
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -84,6 +89,7 @@ class Differential:
         )
         self.accelerated: Callable[[bytes], object] = extension.decode
         self.views = Views(extension)
+        self.phases = Phases(extension, self.views)
 
     @staticmethod
     def _outcome(decode: Callable[[bytes], object], data: bytes) -> tuple[object, ...]:
@@ -102,6 +108,7 @@ class Differential:
             raise AssertionError(f"{where}: C gave {actual!r}, Python {expected!r}")
         if expected[0] == "result" and isinstance(expected[1], Decoded):
             self.views.check(expected[1].header, self.inputs)
+        self.phases.check(data, self.inputs)
 
     @property
     def decoded_in_c(self) -> int:
@@ -169,6 +176,125 @@ class Views:
         python = self._served(self.python[index], header, _copy(scope), tls)
         if c != python:
             raise AssertionError(f"view of {header!r}: C gave {c!r}, Python {python!r}")
+
+
+class _Recorded:
+    """Stands in for uvicorn's HTTP protocol: records what the hand-over gives it."""
+
+    ws_protocol_class = None
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any) -> None:
+        self.app = config.app
+        self.seen: list[object] = []
+
+    def connection_made(self, transport: Any) -> None:
+        extra = [transport.get_extra_info(name) for name in EXTRA if name != "socket"]
+        fields = [getattr(transport, name, None) for name in ("_peer", "_tls", "_app")]
+        self.seen.append((type(transport).__name__, extra, fields))
+
+    def data_received(self, data: bytes) -> None:
+        self.seen.append(data)
+
+
+class _PhaseTransport:
+    """The real transport of a connection in the header phase."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        self.protocol: Any = None
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Phases:
+    """The uvicorn adapter's header phase, C (``HeaderPhase``) against the Python reference
+    (``ProxyProtocol._connection_made_python`` and friends), for each input as a
+    connection's first read: what is handed to uvicorn's protocol, with which view, or
+    whether the connection is closed."""
+
+    PEERS = (("127.0.0.1", 40000), ("192.0.2.1", 1))
+
+    def __init__(self, extension: ModuleType, views: Views) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: PLC0415
+
+        from proxyproto_mw import uvicorn as adapter  # noqa: PLC0415
+
+        reference = ("connection_made", "data_received", "_hand_over", "__dict__", "__weakref__")
+        members = {k: v for k, v in vars(adapter.ProxyProtocol).items() if k not in reference}
+        accelerated = type("ProxyProtocol", (extension.HeaderPhase, asyncio.Protocol), members)
+        twin = type(
+            "ProxyProtocol",
+            (adapter.ProxyProtocol,),
+            {
+                "__slots__": (),
+                "connection_made": adapter.ProxyProtocol._connection_made_python,
+                "data_received": adapter.ProxyProtocol._data_received_python,
+                "_hand_over": adapter.ProxyProtocol._hand_over_python,
+            },
+        )
+        extension.configure_protocol(
+            deadlines.by_loop,
+            adapter._OFF,
+            asyncio.get_event_loop,
+            views.c[0],
+            views.c[1],
+            ProxyHeadersMiddleware,
+            {},
+            adapter._ws_protocol_with_header,
+            adapter._AT_SHUTDOWN,
+        )
+        self.loop = asyncio.new_event_loop()  # never run: the sweep stays scheduled
+        self.classes = {}
+        for mode in ("require", "optional"):
+            policy = TrustPolicy(trusted="127.0.0.1", mode=mode, timeout=60)
+            namespace = {"__slots__": (), "policy": policy, "http_protocol": _Recorded}
+            self.classes[mode] = tuple(
+                type(f"{mode}-{impl}", (base,), namespace)
+                for impl, base in (("c", accelerated), ("python", twin))
+            )
+        self.config = type("Config", (), {"app": staticmethod(lambda *args: None)})()
+        self.server_state = type("ServerState", (), {})()
+        self.server_state.connections = set()
+        logger.disabled = True  # the rejection lines of random bytes
+
+    def _served(self, protocol_class: type[Any], data: bytes, peer: tuple[str, int]) -> Any:
+        protocol = protocol_class(
+            config=self.config, server_state=self.server_state, app_state={}, _loop=self.loop
+        )
+        transport = _PhaseTransport(peer)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+        handed = transport.protocol
+        outcome = (
+            transport.aborted,
+            protocol._waiting is None,
+            protocol._peer,
+            None if handed is None else handed.seen,
+        )
+        protocol.connection_lost(None)
+        if self.server_state.connections:
+            raise AssertionError(f"input {data!r}: left among the connections")
+        return outcome
+
+    def check(self, data: bytes, count: int) -> None:
+        """Raise AssertionError unless both header phases serve ``data`` alike."""
+        peer = self.PEERS[count % 2]
+        c_class, python_class = self.classes["require" if count % 3 else "optional"]
+        c = self._served(c_class, data, peer)
+        python = self._served(python_class, data, peer)
+        if c != python:
+            raise AssertionError(f"header phase of {data!r}: C gave {c!r}, Python {python!r}")
 
 
 def _copy(scope: dict[str, Any]) -> dict[str, Any]:
