@@ -7,7 +7,8 @@ if any, and the request in one write; each read to the end), and stops the serve
 difference between two counts, divided by their difference, is what one connection costs
 in user-space instructions, start-up excluded. Instruction counts (with a fixed hash seed)
 repeat closely where the wall clock of a shared VM does not; system calls are not counted
-(strace counts them).
+(strace counts them). ``--keep-alive`` counts per request instead: that many requests one
+after the other on one connection (the header, if any, with the first).
 """
 
 from __future__ import annotations
@@ -56,9 +57,30 @@ def _connect_many(port: int, first_bytes: bytes, count: int) -> None:
             raise RuntimeError(f"unexpected response: {response[:80]!r}")
 
 
-def instructions(kind: str, count: int, workdir: Path, http: str | None = None) -> int:
+KEEP_ALIVE_REQUEST = REQUEST.replace(b"Connection: close\r\n", b"")
+
+
+def _requests_on_one_connection(port: int, first_bytes: bytes, count: int) -> None:
+    """``count`` keep-alive requests, one after the other, on one connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for number in range(count):
+            sock.sendall(first_bytes + KEEP_ALIVE_REQUEST if number == 0 else KEEP_ALIVE_REQUEST)
+            response = b""
+            while not response.endswith(b"\r\n\r\nok"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"closed after {number} requests: {response[:80]!r}")
+                response += chunk
+            if not response.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"unexpected response: {response[:80]!r}")
+
+
+def instructions(
+    kind: str, count: int, workdir: Path, http: str | None = None, keep_alive: bool = False
+) -> int:
     """Total instructions of a server that served ``count`` connections of ``kind``
-    (``http``: another ``--http`` class than the benchmark's, for a PROXY kind)."""
+    (``http``: another ``--http`` class than the benchmark's, for a PROXY kind), or with
+    ``keep_alive`` ``count`` requests on one connection."""
     (port,) = _free_ports(1)
     out = workdir / f"callgrind.{kind}.{count}"
     server_kind = SERVERS["a" if kind == "plain" else "b"]  # the benchmark's own commands
@@ -71,7 +93,10 @@ def instructions(kind: str, count: int, workdir: Path, http: str | None = None) 
         server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
         try:
             _wait_ready(port, server)
-            _connect_many(port, HEADERS[kind] + REQUEST, count)
+            if keep_alive:
+                _requests_on_one_connection(port, HEADERS[kind], count)
+            else:
+                _connect_many(port, HEADERS[kind] + REQUEST, count)
         finally:
             server.send_signal(signal.SIGINT)
             try:
@@ -93,16 +118,25 @@ def main() -> None:
     parser.add_argument(
         "--http", help="the --http class of the PROXY kinds (default: the benchmark's (b))"
     )
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="per keep-alive request on one connection instead of per connection",
+    )
     options = parser.parse_args()
     low, high = options.counts
     plain = None
     with tempfile.TemporaryDirectory() as tmp:
         for kind in options.kinds:
-            counts = [instructions(kind, n, Path(tmp), options.http) for n in (high, low)]
+            counts = [
+                instructions(kind, n, Path(tmp), options.http, options.keep_alive)
+                for n in (high, low)
+            ]
             cost = (counts[0] - counts[1]) / (high - low)
             plain = cost if kind == "plain" else plain
             extra = "" if plain is None or kind == "plain" else f"  ({cost / plain - 1:+.1%})"
-            print(f"{kind:6} {cost / 1000:7.1f}k instructions per connection{extra}", flush=True)
+            unit = "keep-alive request" if options.keep_alive else "connection"
+            print(f"{kind:6} {cost / 1000:7.1f}k instructions per {unit}{extra}", flush=True)
 
 
 if __name__ == "__main__":

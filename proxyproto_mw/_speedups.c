@@ -1268,7 +1268,11 @@ phase_init(PhaseObject *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->st = st;
-    if (!PyObject_IsTrue(loop)) { /* `_loop or asyncio.get_event_loop()`, as uvicorn's */
+    int given = PyObject_IsTrue(loop);
+    if (given < 0) {
+        return -1;
+    }
+    if (!given) { /* `_loop or asyncio.get_event_loop()`, as uvicorn's */
         if (st->get_event_loop == NULL) {
             PyErr_SetString(PyExc_RuntimeError, "HeaderPhase: configure_protocol() not called");
             return -1;
@@ -1464,7 +1468,7 @@ static PyObject *
 phase_data_received(PhaseObject *self, PyObject *data)
 {
     speedups_state *st = self->st;
-    if (st == NULL || st->by_loop == NULL || self->waiting == NULL ||
+    if (st == NULL || st->by_loop == NULL || st->header == NULL || self->waiting == NULL ||
         !PyDict_CheckExact(self->waiting) || (self->admission != NULL && self->admission != Py_None) ||
         !PyBytes_CheckExact(data) || self->peer == NULL || !PyTuple_CheckExact(self->peer) ||
         PyTuple_GET_SIZE(self->peer) < 2 || self->transport == NULL) {

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from proxyproto_mw import Command, encode_v1, encode_v2
+from proxyproto_mw.decoder import ACCELERATED
 from tests.clients import (
     BAD_INPUT,
     CLIENT,
@@ -77,24 +78,33 @@ def _no_errors(server: Uvicorn) -> None:
         assert "ERROR" not in output, output
 
 
+PURE_PYTHON = ("HttpToolsProtocol", "websockets-sansio", "uvloop", "pure-python")
+"""The adapter without its C accelerator (``PROXYPROTO_NO_EXTENSIONS=1``): the Python
+reference of the header phase and the view serve every connection."""
+
+
 @pytest.fixture(
     scope="module",
-    params=list(itertools.product(HTTP_CLASSES, WS_PROTOCOLS, LOOPS)),
+    params=[*itertools.product(HTTP_CLASSES, WS_PROTOCOLS, LOOPS), PURE_PYTHON],
     ids="-".join,
 )
 def matrix_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Uvicorn]:
-    """One uvicorn per --http x --ws x --loop, trusting 127.0.0.0/8."""
-    http, ws, loop = request.param
+    """One uvicorn per --http x --ws x --loop, trusting 127.0.0.0/8 (and one without the C
+    accelerator)."""
+    http, ws, loop, *pure = request.param
     server = Uvicorn(
         tmp_path_factory.mktemp("matrix"),
         http=http,
         ws=ws,
         loop=loop,
-        env={"PROXYPROTO_TRUSTED": "127.0.0.0/8"},
+        env={"PROXYPROTO_TRUSTED": "127.0.0.0/8"}
+        | ({"PROXYPROTO_NO_EXTENSIONS": "1"} if pure else {}),
     )
     with server:
+        loaded = "_speedups" in Path(f"/proc/{server.pid}/maps").read_text()
+        assert loaded is (ACCELERATED and not pure), f"C accelerator loaded: {loaded}"
         yield server
     _no_errors(server)
 
