@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("PROXYPROTO_TRUSTED", "127.0.0.1")
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as PlainProtocol
@@ -66,6 +65,9 @@ class MemoryTransport(asyncio.Transport):
             self.closed = True
             self._loop.call_soon(self.protocol.connection_lost, None)
 
+    def abort(self) -> None:
+        self.close()
+
     def pause_reading(self) -> None:
         pass
 
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20000)
     parser.add_argument("--only", choices=sorted(HEADERS), help="run one kind once (callgrind)")
     options = parser.parse_args()
+    os.environ.setdefault("PROXYPROTO_TRUSTED", "127.0.0.1")  # the environment's policy
     kinds = [options.only] if options.only else ["plain", "v1", "v2"]
     plain_cost = None
     for kind in kinds:

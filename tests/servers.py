@@ -10,18 +10,28 @@ SIGKILL. Every address is a loopback one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.haproxy import ServerProcess, free_port
 
-__all__ = ["REPOSITORY", "LogMark", "Uvicorn", "clean_environment", "run_to_exit"]
+__all__ = [
+    "REPOSITORY",
+    "LogMark",
+    "Uvicorn",
+    "clean_environment",
+    "run_to_exit",
+    "uvicorn_in_process",
+]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 """The repository root: uvicorn runs there so that ``tests.apps:app`` imports."""
@@ -251,3 +261,30 @@ class Uvicorn(AppServer):
     def running(self) -> bool:
         """Whether the process is alive."""
         return self._process is not None and self._process.poll() is None
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_in_process(protocol_class: type) -> AsyncIterator[tuple[int, Any]]:
+    """uvicorn's serving of ``tests.apps:app`` with the ``--http`` class ``protocol_class``
+    on the running loop of this process, on a free loopback port: (port, uvicorn's
+    ``ServerState``, whose ``connections`` show what serves each connection)."""
+    from uvicorn.config import Config  # noqa: PLC0415  (uvicorn: only for the tests that serve)
+    from uvicorn.server import ServerState  # noqa: PLC0415
+
+    from tests.apps import app  # noqa: PLC0415
+
+    config = Config(app=app, http=protocol_class, lifespan="off", access_log=False)
+    config.load()
+    state = ServerState()
+
+    def factory() -> Any:
+        return config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=state, app_state={}
+        )
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], state
+    finally:
+        server.close()
+        await server.wait_closed()

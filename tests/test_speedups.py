@@ -11,13 +11,10 @@ build of the C code under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import ipaddress
 import os
 import socket
-import sys
-import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import ModuleType
@@ -45,6 +42,7 @@ from proxyproto_mw import (
 )
 from proxyproto_mw import decoder as decoder_module
 from proxyproto_mw.decoder import NeedData, _decode_python
+from tests.leaks import growth
 
 speedups: ModuleType | None
 try:
@@ -763,17 +761,7 @@ def test_no_references_or_memory_leak() -> None:
         *FALLBACK_INPUTS,
     ]
     decode_many(decode, 1000)  # warm up caches and free lists
-    gc.collect()
-    references = [sys.getrefcount(item) for item in watched]
-    objects = len(gc.get_objects())
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        decode_many(decode, 25_000)  # 100k fast-path decodes, 7.5k through the fallback
-        gc.collect()
-        after, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert [sys.getrefcount(item) for item in watched] == references
-    assert len(gc.get_objects()) - objects < 100
-    assert after - before < 64 * 1024  # a leaked result per call would be megabytes
+    left = growth(lambda: decode_many(decode, 25_000), watched)  # 100k fast, 7.5k fallback
+    assert left.references == [0] * len(watched)
+    assert left.objects < 100
+    assert left.traced_bytes < 64 * 1024  # a leaked result per call would be megabytes

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import re
-import sys
-import tracemalloc
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -27,6 +24,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from bench.connection_cost import MemoryTransport
 from proxyproto_mw import TrustPolicy, encode_v1, encode_v2
 from proxyproto_mw.decoder import ACCELERATED
 from proxyproto_mw.encoder import ssl_tlv
@@ -35,6 +33,8 @@ from proxyproto_mw.policy import rejection_log
 from proxyproto_mw.uvicorn import H11Protocol, HttpToolsProtocol, ProxyProtocol
 from tests.apps import app
 from tests.clients import CLIENT, CLIENT6, DESTINATION, DESTINATION6, request
+from tests.leaks import growth
+from tests.servers import uvicorn_in_process
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -109,36 +109,23 @@ async def _serve(protocol_class: type[ProxyProtocol], chunks: list[bytes]) -> An
     what the app saw per request, and what the server counts afterwards. Another
     connection, which sends nothing, is open throughout: the loop's header deadlines stay,
     as on a busy server, so that the fast path can serve."""
-    config = Config(app=app, http=protocol_class, lifespan="off", access_log=False)
-    config.load()
-    state = ServerState()
-
-    def factory() -> Any:
-        return config.http_protocol_class(  # type: ignore[call-arg]
-            config=config, server_state=state, app_state={}
-        )
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, idle_writer = await asyncio.open_connection("127.0.0.1", port)
-    await asyncio.sleep(0.02)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for chunk in chunks:
-            writer.write(chunk)
-            await writer.drain()
-            await asyncio.sleep(0.02)
-        if chunks == CASES["header only, then the peer closes"]:
-            writer.write_eof()
-        received = await asyncio.wait_for(reader.read(), 10)
+    async with uvicorn_in_process(protocol_class) as (port, state):
+        _, idle_writer = await asyncio.open_connection("127.0.0.1", port)
         await asyncio.sleep(0.02)
-        counted = len(state.connections)  # the idle connection, and any left behind
-    finally:
-        writer.close()
-        idle_writer.close()
-        server.close()
-        await server.wait_closed()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            if chunks == CASES["header only, then the peer closes"]:
+                writer.write_eof()
+            received = await asyncio.wait_for(reader.read(), 10)
+            await asyncio.sleep(0.02)
+            counted = len(state.connections)  # the idle connection, and any left behind
+        finally:
+            writer.close()
+            idle_writer.close()
     scopes = []
     for part in received.split(b"HTTP/1.1 ")[1:]:
         status, _, rest = part.partition(b"\r\n")
@@ -226,47 +213,6 @@ def test_the_common_connection_takes_the_c_path() -> None:
     assert "data_received" in calls  # an incomplete header is Python's
 
 
-class _MemoryTransport(asyncio.Transport):
-    """A transport that keeps nothing: it counts what is written and closes when asked."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._loop = loop
-        self._info = {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}
-        self.protocol: Any = None
-        self.closed = False
-        self.written = 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._info.get(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._loop.call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.protocol  # type: ignore[no-any-return]
-
-
 def test_the_c_header_phase_leaks_nothing() -> None:
     """Thousands of connections through the C path (and some through Python's) leave no
     object, reference or memory behind."""
@@ -282,7 +228,7 @@ def test_the_c_header_phase_leaks_nothing() -> None:
         idle = config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=state, app_state=app_state, _loop=loop
         )
-        idle_transport = _MemoryTransport(loop)
+        idle_transport = MemoryTransport(loop)
         idle_transport.protocol = idle
         idle.connection_made(idle_transport)  # keeps the loop's header deadlines
         served = 0
@@ -290,7 +236,7 @@ def test_the_c_header_phase_leaks_nothing() -> None:
             protocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=state, app_state=app_state, _loop=loop
             )
-            transport = _MemoryTransport(loop)
+            transport = MemoryTransport(loop)
             transport.protocol = protocol
             protocol.connection_made(transport)
             protocol.data_received(first_bytes[number % len(first_bytes)])
@@ -305,21 +251,11 @@ def test_the_c_header_phase_leaks_nothing() -> None:
     watched = [config, state, app_state, protocol_class, protocol_class.policy]
     with _every_rejection_logged(None):  # the bad headers' lines go nowhere
         asyncio.run(serve(200))  # warm up caches and free lists
-        gc.collect()
-        references = [sys.getrefcount(item) for item in watched]
-        objects = len(gc.get_objects())
-        tracemalloc.start()
-        try:
-            before, _ = tracemalloc.get_traced_memory()
-            served = asyncio.run(serve(4000))
-            gc.collect()
-            after, _ = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    assert served == 3000  # the bad header is closed without a byte
-    assert [sys.getrefcount(item) for item in watched] == references
-    assert len(gc.get_objects()) - objects < 200
-    assert after - before < 256 * 1024  # a connection leaked each time would be megabytes
+        left = growth(lambda: asyncio.run(serve(4000)), watched)
+    assert left.result == 3000  # the bad header is closed without a byte
+    assert left.references == [0] * len(watched)
+    assert left.objects < 200
+    assert left.traced_bytes < 256 * 1024  # a connection leaked each time would be megabytes
     assert state.connections == set()
 
 

@@ -16,15 +16,14 @@ import re
 from typing import Any
 
 import pytest
-from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol as PlainH11
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as PlainHttpTools
 from uvicorn.server import ServerState
 
 from proxyproto_mw import TrustPolicy, encode_v1
 from proxyproto_mw.uvicorn import H11Protocol, HttpToolsProtocol, ProxiedTransport
-from tests.apps import app
 from tests.clients import CLIENT, DESTINATION, request
+from tests.servers import uvicorn_in_process
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,32 +34,19 @@ async def _serve_one(
     """Serve one keep-alive request on loopback: the protocol that serves the connection
     then (uvicorn counts it among its connections), its attributes, the scope the app
     described, and the server state."""
-    config = Config(app=app, http=protocol_class, lifespan="off", access_log=False)
-    config.load()
-    state = ServerState()
-
-    def factory() -> Any:
-        return config.http_protocol_class(  # type: ignore[call-arg]
-            config=config, server_state=state, app_state={}
-        )
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(first_bytes)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 200 "), head
-        length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
-        assert length is not None, head
-        body = await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
-        (serving,) = state.connections
-        return serving, dict(vars(serving)), json.loads(body), state
-    finally:
-        writer.close()
-        server.close()
-        await server.wait_closed()
+    async with uvicorn_in_process(protocol_class) as (port, state):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(first_bytes)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+            assert length is not None, head
+            body = await asyncio.wait_for(reader.readexactly(int(length[1])), 10)
+            (serving,) = state.connections
+            return serving, dict(vars(serving)), json.loads(body), state
+        finally:
+            writer.close()
 
 
 @pytest.mark.parametrize(
